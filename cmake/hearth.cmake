@@ -1,0 +1,49 @@
+# Helpers that keep every folder's CMakeLists.txt short and uniform.
+#
+#   hearth_library(NAME <target> SRCS <files...> [DEPS <targets...>] [TORCH])
+#     A static library named <target>; its public include root is the repository
+#     root, so headers are included as "common/status/status_macros.h".
+#     TORCH links libtorch and reuses the shared torch precompiled header.
+#
+#   hearth_test(NAME <target> SRCS <files...> [DEPS <targets...>] [LABELS <l...>]
+#               [TIMEOUT <seconds>] [TORCH])
+#     A GoogleTest binary registered with ctest.
+include_guard(GLOBAL)
+
+function(_hearth_apply_torch target)
+  target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES})
+  target_include_directories(${target} SYSTEM PUBLIC ${TORCH_INCLUDE_DIRS})
+  if(TARGET hearth_torch_pch)
+    target_precompile_headers(${target} REUSE_FROM hearth_torch_pch)
+  endif()
+endfunction()
+
+function(hearth_library)
+  cmake_parse_arguments(ARG "TORCH" "NAME" "SRCS;DEPS" ${ARGN})
+  add_library(${ARG_NAME} STATIC ${ARG_SRCS})
+  target_include_directories(${ARG_NAME} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS})
+  if(ARG_TORCH)
+    _hearth_apply_torch(${ARG_NAME})
+  endif()
+endfunction()
+
+function(hearth_test)
+  cmake_parse_arguments(ARG "TORCH" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  if(ARG_TORCH)
+    _hearth_apply_torch(${ARG_NAME})
+  endif()
+  add_test(NAME ${ARG_NAME} COMMAND ${ARG_NAME})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  set(labels unit)
+  if(ARG_LABELS)
+    set(labels ${ARG_LABELS})
+  endif()
+  set_tests_properties(${ARG_NAME} PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${labels}"
+    ENVIRONMENT "HEARTH_BUILD_DIR=${PROJECT_BINARY_DIR};HEARTH_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()
