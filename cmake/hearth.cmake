@@ -47,3 +47,33 @@ function(hearth_test)
   set_tests_properties(${ARG_NAME} PROPERTIES TIMEOUT ${ARG_TIMEOUT} LABELS "${labels}"
     ENVIRONMENT "HEARTH_BUILD_DIR=${PROJECT_BINARY_DIR};HEARTH_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endfunction()
+
+#   hearth_fuzzer(NAME <target> SRCS <files...> [DEPS <targets...>] [CORPUS <dir>])
+#     A libFuzzer target, built only when HEARTH_FUZZ is ON (clang). It is
+#     registered with ctest (label "fuzz") to run for HEARTH_FUZZ_SECONDS, starting
+#     from CORPUS when given; any crash, leak, sanitizer report or hang fails it.
+#     scripts/test builds all of them in build-fuzz/ and runs them.
+function(hearth_fuzzer)
+  if(NOT HEARTH_FUZZ)
+    return()
+  endif()
+  cmake_parse_arguments(ARG "" "NAME;CORPUS" "SRCS;DEPS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS})
+  target_link_options(${ARG_NAME} PRIVATE -fsanitize=fuzzer,address,undefined)
+  set(work ${CMAKE_CURRENT_BINARY_DIR}/${ARG_NAME}.corpus)
+  set(seed_args)
+  if(ARG_CORPUS)
+    set(seed_args ${CMAKE_CURRENT_SOURCE_DIR}/${ARG_CORPUS})
+  endif()
+  add_test(NAME ${ARG_NAME}
+    COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
+      UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+      $<TARGET_FILE:${ARG_NAME}> -max_total_time=${HEARTH_FUZZ_SECONDS}
+      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${work} ${seed_args})
+  file(MAKE_DIRECTORY ${work})
+  set_tests_properties(${ARG_NAME} PROPERTIES LABELS fuzz
+    TIMEOUT 600)
+  set_property(GLOBAL APPEND PROPERTY HEARTH_FUZZERS ${ARG_NAME})
+endfunction()

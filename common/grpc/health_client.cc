@@ -1,5 +1,7 @@
 #include "common/grpc/health_client.h"
 
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc/status_conversion.h"
@@ -22,12 +24,15 @@ absl::StatusOr<ServingStatus> CheckHealth(
   return response.status();
 }
 
-absl::Status WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
-                            absl::Duration timeout) {
+namespace {
+
+absl::Status PollUntilServing(
+    const std::function<std::shared_ptr<grpc::Channel>()>& channel_for_attempt,
+    absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer";
   while (absl::Now() < deadline) {
-    auto status = CheckHealth(channel, "", absl::Seconds(1));
+    auto status = CheckHealth(channel_for_attempt(), "", absl::Seconds(1));
     if (status.ok() &&
         *status == grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::OkStatus();
@@ -41,6 +46,22 @@ absl::Status WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
   return absl::DeadlineExceededError(absl::StrCat("not SERVING after ",
                                                   absl::FormatDuration(timeout),
                                                   " (last: ", last, ")"));
+}
+
+}  // namespace
+
+absl::Status WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
+                            absl::Duration timeout) {
+  return PollUntilServing([&channel] { return channel; }, timeout);
+}
+
+absl::Status WaitForServing(const std::string& address,
+                            absl::Duration timeout) {
+  return PollUntilServing(
+      [&address] {
+        return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+      },
+      timeout);
 }
 
 }  // namespace hearth

@@ -31,6 +31,11 @@ absl::StatusOr<ServingStatus> CheckHealth(
 absl::Status WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
                             absl::Duration timeout);
 
+// The same for a server that may not be listening yet: each attempt uses a
+// fresh plaintext channel, because a channel whose connect was refused backs
+// off for seconds before retrying.
+absl::Status WaitForServing(const std::string& address, absl::Duration timeout);
+
 }  // namespace hearth
 
 #endif  // HEARTH_COMMON_GRPC_HEALTH_CLIENT_H_

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "prometheus/counter.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 
 namespace hearth {
@@ -14,6 +15,8 @@ using grpc::experimental::InterceptionHookPoints;
 struct Families {
   prometheus::Family<prometheus::Counter>* handled;
   prometheus::Family<prometheus::Histogram>* handling;
+  prometheus::Gauge* active;
+  std::atomic<int64_t>* active_calls;
 };
 
 // Splits "/pkg.Service/Method" into its two parts.
@@ -35,6 +38,14 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   MetricsInterceptor(const Families& families, const char* full_method)
       : families_(families), start_(std::chrono::steady_clock::now()) {
     SplitMethod(full_method, &service_, &method_);
+    families_.active->Increment();
+    if (families_.active_calls) families_.active_calls->fetch_add(1);
+  }
+
+  // gRPC destroys the interceptor when the call is completely done.
+  ~MetricsInterceptor() override {
+    families_.active->Decrement();
+    if (families_.active_calls) families_.active_calls->fetch_sub(1);
   }
 
   void Intercept(
@@ -70,7 +81,14 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
 class MetricsInterceptorFactory
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit MetricsInterceptorFactory(prometheus::Registry& registry) {
+  MetricsInterceptorFactory(prometheus::Registry& registry,
+                            std::atomic<int64_t>* active_calls) {
+    families_.active_calls = active_calls;
+    families_.active = &prometheus::BuildGauge()
+                            .Name("hearth_grpc_server_active_calls")
+                            .Help("gRPC calls started and not yet finished.")
+                            .Register(registry)
+                            .Add({});
     families_.handled =
         &prometheus::BuildCounter()
              .Name("hearth_grpc_server_handled_total")
@@ -117,8 +135,9 @@ const char* GrpcCodeName(int code) {
 }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-MakeServerMetricsInterceptorFactory(prometheus::Registry& registry) {
-  return std::make_unique<MetricsInterceptorFactory>(registry);
+MakeServerMetricsInterceptorFactory(prometheus::Registry& registry,
+                                    std::atomic<int64_t>* active_calls) {
+  return std::make_unique<MetricsInterceptorFactory>(registry, active_calls);
 }
 
 }  // namespace hearth

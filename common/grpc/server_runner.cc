@@ -8,6 +8,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/grpc/server_metrics.h"
 #include "common/log/logging.h"
 #include "common/metrics/metrics_server.h"
@@ -144,7 +145,8 @@ absl::Status ServiceRunner::Start() {
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
-  interceptors.push_back(MakeServerMetricsInterceptorFactory(*registry_));
+  interceptors.push_back(
+      MakeServerMetricsInterceptorFactory(*registry_, &active_calls_));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || bound_grpc_port_ == 0) {
@@ -185,8 +187,14 @@ void ServiceRunner::Shutdown() {
   // The metrics endpoint takes about 2 s to stop (its HTTP threads poll), so it
   // stops while gRPC drains instead of after.
   std::thread metrics_stopper([this] { metrics_server_.reset(); });
+  // gRPC's own Shutdown(deadline) waits out the whole deadline while any client
+  // holds an idle connection open, so wait for the calls ourselves and then
+  // stop with a short grace period.
   const absl::Time deadline = absl::Now() + options_.drain_timeout;
-  server_->Shutdown(absl::ToChronoTime(deadline));
+  while (active_calls_.load() > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(50)));
   server_->Wait();
   metrics_stopper.join();
   HLOG(INFO) << options_.service_name << " stopped";

@@ -19,6 +19,8 @@
 #ifndef HEARTH_COMMON_GRPC_SERVER_RUNNER_H_
 #define HEARTH_COMMON_GRPC_SERVER_RUNNER_H_
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -99,6 +101,8 @@ class ServiceRunner {
   std::vector<std::function<void()>> drain_callbacks_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_server_;
+  // Calls in flight, maintained by the metrics interceptor.
+  std::atomic<int64_t> active_calls_{0};
   int bound_grpc_port_ = 0;
   bool shut_down_ = false;
 };

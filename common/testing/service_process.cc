@@ -97,8 +97,6 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
   }
   close(log_fd);
   process->pid_ = pid;
-  process->channel_ = grpc::CreateChannel(process->grpc_address(),
-                                          grpc::InsecureChannelCredentials());
   const absl::Time deadline = absl::Now() + options.startup_timeout;
   while (true) {
     if (!process->Running()) {
@@ -106,6 +104,10 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(
           options.binary, " exited with code ", process->exit_code_,
           " during startup; its log:\n", process->ReadLog()));
     }
+    // A fresh channel per attempt: a channel whose first connect was refused
+    // backs off for up to seconds before trying again.
+    process->channel_ = grpc::CreateChannel(process->grpc_address(),
+                                            grpc::InsecureChannelCredentials());
     auto health = CheckHealth(process->channel_, "", absl::Seconds(1));
     if (health.ok() &&
         *health == grpc::health::v1::HealthCheckResponse::SERVING) {

@@ -24,6 +24,8 @@ struct ServiceCase {
   std::vector<std::string> services;
 };
 
+void PrintTo(const ServiceCase& c, std::ostream* os) { *os << c.binary; }
+
 class ServiceBinaryTest : public testing::TestWithParam<ServiceCase> {};
 
 bool Contains(const std::vector<std::string>& names, const std::string& name) {
