@@ -1,0 +1,35 @@
+// What a quantization cost and bought: held-out perplexity, bytes on disk and
+// in memory, decode speed, and process memory.
+#ifndef HEARTH_SERVICES_QUANTIZER_EVALUATION_H_
+#define HEARTH_SERVICES_QUANTIZER_EVALUATION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "services/quantizer/quantized_llama.h"
+
+namespace hearth::quantizer {
+
+// exp(mean next-token cross-entropy) over consecutive non-overlapping
+// windows of `seq_len` tokens (at most `max_windows`; the last partial one is
+// dropped unless it is the only one).
+double Perplexity(const QuantizedLlama& model,
+                  const std::vector<int64_t>& tokens, int64_t seq_len,
+                  int64_t max_windows);
+
+// Greedy-free decode throughput: `batch` sequences prefilled with 8 tokens,
+// then `steps` single-token steps; tokens per second over the steps.
+double DecodeTokensPerSecond(const QuantizedLlama& model, int64_t batch,
+                             int64_t steps);
+
+// Total size of a file or of the files in a folder.
+int64_t DiskBytes(const std::string& path);
+
+// VmRSS / VmHWM of this process, in bytes (0 when unavailable).
+int64_t ResidentBytes();
+int64_t PeakResidentBytes();
+
+}  // namespace hearth::quantizer
+
+#endif  // HEARTH_SERVICES_QUANTIZER_EVALUATION_H_
