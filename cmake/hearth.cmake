@@ -34,6 +34,7 @@ function(hearth_test)
   target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   if(ARG_TORCH)
+    _hearth_apply_process_fixes(${ARG_NAME})
     _hearth_apply_torch(${ARG_NAME})
   endif()
   add_test(NAME ${ARG_NAME} COMMAND ${ARG_NAME})
@@ -76,4 +77,37 @@ function(hearth_fuzzer)
   set_tests_properties(${ARG_NAME} PROPERTIES LABELS fuzz
     TIMEOUT 600)
   set_property(GLOBAL APPEND PROPERTY HEARTH_FUZZERS ${ARG_NAME})
+endfunction()
+
+# Two process-wide link fixes every hearth executable needs once it links libtorch
+# and the tokenizer (hearth_executable, and hearth_test with TORCH, apply both):
+#  * libprotobuf must load before libsentencepiece, which exports its own copy of
+#    protobuf-lite symbols; whichever loads first wins, and generated protos and
+#    libtorch crash at static initialisation against sentencepiece's copy. The
+#    price: in such a binary libsentencepiece's own model parser refuses to run
+#    (it was built against protobuf 3.14), so tokenizer.model files load only in
+#    binaries without the fix; tokenizer.json is unaffected.
+#  * common/metrics/thread_stack_fix.cc raises small thread-stack requests so that
+#    civetweb's /metrics threads can hold libtorch's static TLS.
+set(HEARTH_PROTOBUF_FIRST "-Wl,--no-as-needed" protobuf::libprotobuf "-Wl,--as-needed"
+  CACHE INTERNAL "")
+
+function(_hearth_apply_process_fixes target)
+  target_sources(${target} PRIVATE ${PROJECT_SOURCE_DIR}/common/metrics/thread_stack_fix.cc)
+  target_link_options(${target} PRIVATE
+    "-Wl,--export-dynamic-symbol=pthread_attr_setstacksize")
+  target_link_libraries(${target} PRIVATE ${HEARTH_PROTOBUF_FIRST} ${CMAKE_DL_LIBS})
+endfunction()
+
+#   hearth_executable(NAME <target> SRCS <files...> [DEPS <targets...>] [TORCH])
+#     A service or tool binary with the process fixes above.
+function(hearth_executable)
+  cmake_parse_arguments(ARG "TORCH" "NAME" "SRCS;DEPS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  _hearth_apply_process_fixes(${ARG_NAME})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS})
+  if(ARG_TORCH)
+    _hearth_apply_torch(${ARG_NAME})
+  endif()
 endfunction()
