@@ -105,7 +105,9 @@ TEST(Gateway, KServeLivenessAndMetadataAnswer) {
     inference::ModelInferRequest request;
     inference::ModelInferResponse response;
     grpc::Status status = stub->ModelInfer(&context, request, &response);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("model_name"), std::string::npos)
+        << status.error_message();
   }
   EXPECT_EQ((*gateway)->Stop(SIGTERM).value_or(-1), 0);
 }
