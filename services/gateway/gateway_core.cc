@@ -294,6 +294,8 @@ absl::StatusOr<std::shared_ptr<Ticket>> GatewayCore::Generate(
     sequence.mutable_prompt_token_ids()->CopyFrom(request.prompt_token_ids());
   }
   *sequence.mutable_sampling() = sampling;
+  // The worker rejects 0; the gateway resolves the default it reserved for.
+  sequence.mutable_sampling()->set_max_new_tokens(static_cast<uint32_t>(max_new));
   const int default_level =
       dispatcher_->OptionsFor(request.model()).default_priority_level;
   job.priority = edge_->Priority(caller, static_cast<int>(request.priority()),
