@@ -199,6 +199,28 @@ test("prometheus: a scrape config promtool rejects", { skip: !hasPromtool && "pr
     /promtool check config/);
 });
 
+const BUILD = process.env.HEARTH_BUILD_DIR ?? path.join(ROOT, "build");
+const built = fs.existsSync(path.join(BUILD, "services/gateway/hearth-gateway")) &&
+  fs.existsSync(path.join(BUILD, "tools/hearth/hearth"));
+test("stage-runtime derives the image's runtime packages from the built binaries",
+     { skip: !built && `the services are not built in ${BUILD}` }, () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-stage-"));
+  try {
+    execFileSync(path.join(ROOT, "deploy/docker/stage-runtime"), [BUILD, out], { encoding: "utf8" });
+    const pkgs = fs.readFileSync(path.join(out, "runtime-packages.txt"), "utf8").trim().split("\n");
+    for (const want of [/^libc6$/, /^libtorch[\d.]+$/, /^libgrpc\+\+[\d.]+$/, /^libopenblas0-pthread$/, /^libyaml-cpp[\d.]+$/]) {
+      assert.ok(pkgs.some((p) => want.test(p)), `no ${want} in ${pkgs.join(" ")}`);
+    }
+    // Runtime libraries only: no -dev package, no compiler.
+    assert.deepEqual(pkgs.filter((p) => /-dev$|^(gcc|g\+\+|clang)/.test(p)), []);
+    for (const b of ["hearth-gateway", "hearth-worker", "hearth-quantizer", "hearth-distiller", "hearth"]) {
+      assert.ok(fs.existsSync(path.join(out, "bin", b)), `bin/${b} not staged`);
+    }
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
 test("the renderer agrees with kubectl kustomize", { skip: !hasKubectl && "kubectl is not installed" }, () => {
   const canon = (v) => JSON.stringify(v, (k, x) => (x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort()) : x));
   for (const overlay of fs.readdirSync(path.join(ROOT, "deploy/k8s/overlays"))) {
