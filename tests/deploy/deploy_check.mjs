@@ -32,6 +32,8 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+const REQUIRED_PACKAGES = ["yaml", "ajv", "ajv-formats", "dclint", "kubernetes-models",
+                           "@kubernetes-models/keda", "@kubernetes-models/prometheus-operator"];
 
 function parseArgs(argv) {
   const args = { root: path.resolve(here, "../.."), nodeModules: null, scrape: null, checks: [] };
@@ -46,32 +48,27 @@ function parseArgs(argv) {
   return args;
 }
 
-const args = parseArgs(process.argv.slice(2));
-const NM = args.nodeModules;
-const ROOT = args.root;
-for (const pkg of ["yaml", "ajv", "ajv-formats", "dclint", "kubernetes-models",
-                   "@kubernetes-models/keda", "@kubernetes-models/prometheus-operator"]) {
-  if (!fs.existsSync(path.join(NM, pkg, "package.json"))) {
-    console.error(`deploy_check: npm package ${pkg} is missing in ${NM}; run scripts/setup`);
-    process.exit(3);
-  }
-}
-const req = createRequire(path.join(NM, "noop.js"));
-const YAML = req("yaml");
-const { kustomize, resourceId, KustomizeError } = await import("./kustomize.mjs");
-const { validateObject } = await import("./k8s_schema.mjs");
+// The state of one run (runChecks sets it; the checks read it).
+let args, NM, ROOT, req, YAML, failures, out;
+let kustomize, resourceId, KustomizeError, validateObject;
 
-let failures = 0;
+// Null when every npm package is there, else the missing one's name.
+export function missingPackage(nodeModules) {
+  return REQUIRED_PACKAGES.find((pkg) => !fs.existsSync(path.join(nodeModules, pkg, "package.json"))) ?? null;
+}
+
 function fail(check, what) {
   failures++;
-  console.log(`FAIL ${check}: ${what}`);
+  out.push(`FAIL ${check}: ${what}`);
 }
 const rel = (p) => path.relative(ROOT, p);
 const readYaml = (file) => YAML.parse(fs.readFileSync(file, "utf8"), { merge: true });
 
 // ---- compose --------------------------------------------------------------
 
+let compiledSchema = null;
 function composeSchema() {
+  if (compiledSchema) return compiledSchema;
   const schema = JSON.parse(fs.readFileSync(path.join(NM, "dclint/schemas/compose.schema.json"), "utf8"));
   delete schema.$schema;
   const Ajv = req("ajv").default;
@@ -83,7 +80,8 @@ function composeSchema() {
   ajv.addFormat("ports", true);
   ajv.addFormat("expose", true);
   ajv.addFormat("subnet_ip_address", true);
-  return ajv.compile(schema);
+  compiledSchema = ajv.compile(schema);
+  return compiledSchema;
 }
 
 // Compose's merge of several -f files: mappings merge, `command` and other
@@ -369,7 +367,7 @@ function checkPrometheus() {
   ];
   for (const argv of runs) {
     const r = promtool(argv);
-    if (r === null) { console.log("SKIP prometheus: promtool is not installed (Debian package prometheus)"); return; }
+    if (r === null) { out.push("SKIP prometheus: promtool is not installed (Debian package prometheus)"); return; }
     if (!r.ok) fail("prometheus", `promtool ${argv.join(" ")}:\n${r.out.trim()}`);
   }
 }
@@ -540,25 +538,63 @@ function checkMetrics() {
       }
     }
   }
-  console.log(`metrics: ${seen.size} metric references checked against ${series.size} live series names`);
+  out.push(`metrics: ${seen.size} metric references checked against ${series.size} live series names`);
 }
 
 // ---- main ---------------------------------------------------------------------
 
 const CHECKS = { compose: checkCompose, k8s: checkK8s, prometheus: checkPrometheus, dockerfiles: checkDockerfiles, metrics: checkMetrics };
-if (args.checks[0] === "render") {
-  for (const r of kustomize(path.resolve(args.checks[1]), YAML)) console.log(JSON.stringify(r));
-  process.exit(0);
-}
-if (!args.checks.length) args.checks = ["compose", "k8s", "prometheus", "dockerfiles"];
-for (const c of args.checks) {
-  if (!CHECKS[c]) { console.error(`deploy_check: unknown check ${c}`); process.exit(2); }
-  const before = failures;
-  try {
-    await CHECKS[c]();
-  } catch (e) {
-    fail(c, e.stack ?? String(e));
+
+// Runs `checks` (default: all offline ones) on the tree at `root`; returns
+// {failures, output} with one line per problem, as the command prints them.
+export async function runChecks({ root, nodeModules, scrape = null, checks = [] }) {
+  args = { root, nodeModules, scrape, checks };
+  ROOT = root;
+  if (NM !== nodeModules) {
+    NM = nodeModules;
+    req = createRequire(path.join(NM, "noop.js"));
+    YAML = req("yaml");
+    ({ kustomize, resourceId, KustomizeError } = await import("./kustomize.mjs"));
+    ({ validateObject } = await import("./k8s_schema.mjs"));
+    compiledSchema = null;
   }
-  console.log(`${failures === before ? "ok" : "FAILED"} ${c}`);
+  failures = 0;
+  out = [];
+  for (const c of checks.length ? checks : ["compose", "k8s", "prometheus", "dockerfiles"]) {
+    if (!CHECKS[c]) throw new Error(`deploy_check: unknown check ${c}`);
+    const before = failures;
+    try {
+      await CHECKS[c]();
+    } catch (e) {
+      fail(c, e.stack ?? String(e));
+    }
+    out.push(`${failures === before ? "ok" : "FAILED"} ${c}`);
+  }
+  return { failures, output: out.join("\n") };
 }
-process.exit(failures ? 1 : 0);
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const missing = missingPackage(a.nodeModules);
+  if (missing) {
+    console.error(`deploy_check: npm package ${missing} is missing in ${a.nodeModules}; run scripts/setup`);
+    process.exit(3);
+  }
+  if (a.checks[0] === "render") {
+    const YAMLmod = createRequire(path.join(a.nodeModules, "noop.js"))("yaml");
+    const { kustomize: k } = await import("./kustomize.mjs");
+    for (const r of k(path.resolve(a.checks[1]), YAMLmod)) console.log(JSON.stringify(r));
+    return;
+  }
+  let result;
+  try {
+    result = await runChecks(a);
+  } catch (e) {
+    console.error(e.message);
+    process.exit(2);
+  }
+  console.log(result.output);
+  process.exit(result.failures ? 1 : 0);
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();
