@@ -13,6 +13,8 @@
 //                pods, probes are gRPC on the grpc port, mounted config files
 //                exist, autoscalers target a Deployment, the gateway resolves
 //                the headless worker Service, PrometheusRule = rules file
+//   grafana      the dashboard's datasource is the provisioned one, panel ids
+//                are unique, docker-compose mounts what the providers read
 //   prometheus   promtool check config / check rules / test rules
 //   dockerfiles  every deploy/docker/Dockerfile* installs exactly
 //                scripts/setup's APT_PACKAGES, runs as non-root, health-checks
@@ -348,6 +350,49 @@ function checkK8sReferences(name, res) {
   }
 }
 
+// ---- Grafana ------------------------------------------------------------------
+
+function checkGrafana() {
+  const g = path.join(ROOT, "deploy/grafana");
+  const sources = readYaml(path.join(g, "provisioning/datasources/prometheus.yaml")).datasources ?? [];
+  const uids = new Set(sources.map((d) => d.uid));
+  const providers = readYaml(path.join(g, "provisioning/dashboards/hearth.yaml")).providers ?? [];
+  let dash;
+  try {
+    dash = JSON.parse(fs.readFileSync(path.join(g, "dashboards/hearth.json"), "utf8"));
+  } catch (e) {
+    fail("grafana", `dashboards/hearth.json: ${e.message}`);
+    return;
+  }
+  const ids = new Set();
+  const refs = [...(dash.panels ?? []).flatMap((p) => [p.datasource, ...(p.targets ?? []).map((t) => t.datasource)]),
+                ...(dash.templating?.list ?? []).map((v) => v.datasource)];
+  for (const ds of refs) {
+    if (ds && !uids.has(ds.uid)) fail("grafana", `the dashboard uses datasource uid "${ds.uid}", which provisioning/datasources does not define`);
+  }
+  for (const p of dash.panels ?? []) {
+    if (ids.has(p.id)) fail("grafana", `panel id ${p.id} is used twice`);
+    ids.add(p.id);
+    if (!p.gridPos) fail("grafana", `panel "${p.title}" has no gridPos`);
+  }
+  // docker-compose mounts the dashboards where the provider looks for them.
+  const compose = readYaml(path.join(ROOT, "docker-compose.yml"));
+  const grafana = Object.values(compose.services ?? {}).find((s) => /grafana/.test(s.image ?? ""));
+  const mounts = (grafana?.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":") : [v.source, v.target]));
+  for (const pr of providers) {
+    const m = mounts.find(([src, dst]) => dst === pr.options?.path && path.resolve(ROOT, src) === path.join(g, "dashboards"));
+    if (!m) fail("grafana", `provider ${pr.name} reads ${pr.options?.path}, where docker-compose does not mount deploy/grafana/dashboards`);
+  }
+  if (!mounts.some(([src, dst]) => dst === "/etc/grafana/provisioning" && path.resolve(ROOT, src) === path.join(g, "provisioning"))) {
+    fail("grafana", "docker-compose does not mount deploy/grafana/provisioning at /etc/grafana/provisioning");
+  }
+  const prom = Object.entries(compose.services ?? {}).find(([, s]) => /prometheus/.test(s.image ?? ""));
+  for (const d of sources) {
+    const host = /^https?:\/\/([^:/]+)/.exec(d.url ?? "")?.[1];
+    if (prom && host !== prom[0]) fail("grafana", `datasource ${d.name} points at ${d.url}, not the compose service ${prom[0]}`);
+  }
+}
+
 // ---- Prometheus (promtool) -------------------------------------------------
 
 function promtool(argv) {
@@ -543,7 +588,7 @@ function checkMetrics() {
 
 // ---- main ---------------------------------------------------------------------
 
-const CHECKS = { compose: checkCompose, k8s: checkK8s, prometheus: checkPrometheus, dockerfiles: checkDockerfiles, metrics: checkMetrics };
+const CHECKS = { compose: checkCompose, k8s: checkK8s, grafana: checkGrafana, prometheus: checkPrometheus, dockerfiles: checkDockerfiles, metrics: checkMetrics };
 
 // Runs `checks` (default: all offline ones) on the tree at `root`; returns
 // {failures, output} with one line per problem, as the command prints them.
@@ -560,7 +605,7 @@ export async function runChecks({ root, nodeModules, scrape = null, checks = [] 
   }
   failures = 0;
   out = [];
-  for (const c of checks.length ? checks : ["compose", "k8s", "prometheus", "dockerfiles"]) {
+  for (const c of checks.length ? checks : ["compose", "k8s", "grafana", "prometheus", "dockerfiles"]) {
     if (!CHECKS[c]) throw new Error(`deploy_check: unknown check ${c}`);
     const before = failures;
     try {

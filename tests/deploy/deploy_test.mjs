@@ -67,7 +67,7 @@ async function expectFailure(check, edits, ...messages) {
 }
 
 test("the real tree passes every offline check", async () => {
-  const r = await run(ROOT, "compose", "k8s", "dockerfiles", ...(hasPromtool ? ["prometheus"] : []));
+  const r = await run(ROOT, "compose", "k8s", "grafana", "dockerfiles", ...(hasPromtool ? ["prometheus"] : []));
   assert.equal(r.code, 0, r.out);
   assert.doesNotMatch(r.out, /FAIL/);
 });
@@ -174,6 +174,16 @@ test("k8s: a kustomization field the renderer does not implement", async () => {
 test("k8s: a patch that matches nothing", async () => {
   await expectFailure("k8s", [["deploy/k8s/overlays/gpu/worker-gpu.yaml", "  name: hearth-worker", "  name: hearth-wroker"]],
     /no resource matches Deployment\/hearth-wroker/);
+});
+
+test("grafana: a dashboard on a datasource that is not provisioned", async () => {
+  await expectFailure("grafana", [["deploy/grafana/provisioning/datasources/prometheus.yaml", "uid: hearth-prometheus", "uid: prometheus"]],
+    /the dashboard uses datasource uid "hearth-prometheus"/);
+});
+
+test("grafana: dashboards mounted where the provider does not look", async () => {
+  await expectFailure("grafana", [["docker-compose.yml", "./deploy/grafana/dashboards:/var/lib/grafana/dashboards", "./deploy/grafana/dashboards:/dashboards"]],
+    /provider hearth reads \/var\/lib\/grafana\/dashboards/);
 });
 
 test("dockerfiles: a package scripts/setup installs is missing", async () => {
