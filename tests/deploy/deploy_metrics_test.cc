@@ -9,7 +9,14 @@
 // rules) and the KEDA ScaledObject may only name metrics, and select on
 // labels, that the scrape contains. Then feeds the same check broken copies
 // (a misspelt metric in a panel, an HPA metric no adapter rule serves, a label
-// the metric lacks) and expects each to fail, naming the problem.
+// the metric lacks) and expects each to fail, naming the problem. Finally a
+// real Prometheus (Debian's, when installed) scrapes the same services with
+// deploy/prometheus/rules: every target is up, every rule evaluates without
+// error and every recording rule yields series.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -17,12 +24,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/testing/service_process.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "hearth/v1/generation.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "services/gateway/api_keys.h"
 #include "services/worker/test_models.h"
 
@@ -68,6 +77,29 @@ CommandResult Check(const std::string& root, const std::string& scrape) {
   return RunCommand(absl::StrCat(Node(), " ", Src(),
                                  "/tests/deploy/deploy_check.mjs --root ", root,
                                  " --scrape ", scrape, " metrics 2>&1"));
+}
+
+std::string UrlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (isalnum(c) || c == '_' || c == '-' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += absl::StrFormat("%%%02X", c);
+    }
+  }
+  return out;
+}
+
+// The "result" array of a Prometheus instant query (null on any error).
+nlohmann::json PromQuery(int port, const std::string& query) {
+  auto body = HttpGet(port, "/api/v1/query?query=" + UrlEncode(query));
+  if (!body.ok()) return nullptr;
+  auto json = nlohmann::json::parse(*body, nullptr, false);
+  if (json.is_discarded() || json.value("status", "") != "success") {
+    return nullptr;
+  }
+  return json["data"]["result"];
 }
 
 class DeployMetricsTest : public testing::Test {
@@ -228,6 +260,92 @@ TEST_F(DeployMetricsTest, DeployFilesNameOnlyExportedMetrics) {
     const std::string plain = absl::StrReplaceAll(b.message, {{"\\\"", "\""}});
     EXPECT_TRUE(r.output.find(plain) != std::string::npos) << r.output;
   }
+  // A real Prometheus with hearth's rules, scraping the same services.
+  if (RunCommand("prometheus --version").exit_code != 0) {
+    GTEST_LOG_(INFO) << "prometheus is not installed: rules not evaluated live";
+  } else {
+    const int port = PickFreePort();
+    std::string config = absl::StrCat(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n",
+        "rule_files: [\"", Src(), "/deploy/prometheus/rules/*.yml\"]\n",
+        "scrape_configs:\n");
+    const std::vector<
+        std::pair<std::string, std::vector<const ServiceProcess*>>>
+        jobs = {{"hearth-gateway", {gateway->get()}},
+                {"hearth-worker", {workers[0].get(), workers[1].get()}},
+                {"hearth-quantizer", {quantizer->get()}},
+                {"hearth-distiller", {distiller->get()}}};
+    for (const auto& [job, processes] : jobs) {
+      absl::StrAppend(&config, "  - {job_name: ", job,
+                      ", static_configs: [{targets: [");
+      for (size_t i = 0; i < processes.size(); ++i) {
+        absl::StrAppend(&config, i ? ", " : "",
+                        "\"127.0.0.1:", processes[i]->metrics_port(), "\"");
+      }
+      absl::StrAppend(&config, "]}]}\n");
+    }
+    WriteFile(Dir() + "/prometheus.yml", config);
+    const pid_t prom = fork();
+    ASSERT_GE(prom, 0);
+    if (prom == 0) {
+      const std::string log = Dir() + "/prometheus.log";
+      freopen(log.c_str(), "w", stdout);
+      freopen(log.c_str(), "a", stderr);
+      const std::string cfg = "--config.file=" + Dir() + "/prometheus.yml";
+      const std::string data = "--storage.tsdb.path=" + Dir() + "/prometheus";
+      const std::string listen =
+          absl::StrCat("--web.listen-address=127.0.0.1:", port);
+      execlp("prometheus", "prometheus", cfg.c_str(), data.c_str(),
+             listen.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Every target up and every rule evaluated once without error.
+    nlohmann::json rules;
+    bool ready = false;
+    for (int i = 0; i < 120 && !ready; ++i) {
+      absl::SleepFor(absl::Milliseconds(500));
+      nlohmann::json up = PromQuery(port, "count(up == 1)");
+      auto body = HttpGet(port, "/api/v1/rules");
+      if (up.is_null() || up.empty() || !body.ok()) continue;
+      rules = nlohmann::json::parse(*body, nullptr, false);
+      if (rules.is_discarded()) continue;
+      bool all_ok = up[0]["value"][1] == "5";
+      int count = 0;
+      for (const auto& g : rules["data"]["groups"]) {
+        for (const auto& r : g["rules"]) {
+          ++count;
+          all_ok = all_ok && r.value("health", "") == "ok";
+        }
+      }
+      ready = all_ok && count > 0;
+    }
+    EXPECT_TRUE(ready) << "Prometheus did not get 5 targets up and every rule "
+                          "healthy; rules: "
+                       << rules.dump() << "\n"
+                       << ReadFile(Dir() + "/prometheus.log");
+    // Recording rules produce series from the real metrics.
+    int recorded = 0;
+    for (const auto& g : rules["data"]["groups"]) {
+      for (const auto& r : g["rules"]) {
+        if (r.value("type", "") != "recording") continue;
+        ++recorded;
+        const std::string name = r["name"];
+        nlohmann::json result;
+        for (int i = 0; i < 20; ++i) {
+          result = PromQuery(port, name);
+          if (!result.is_null() && !result.empty()) break;
+          absl::SleepFor(absl::Milliseconds(500));
+        }
+        EXPECT_FALSE(result.is_null() || result.empty())
+            << name << " yields no series";
+      }
+    }
+    EXPECT_EQ(recorded, 5);
+    kill(prom, SIGTERM);
+    int status = 0;
+    waitpid(prom, &status, 0);
+  }
+
   for (auto& w : workers) EXPECT_EQ(w->Stop(SIGTERM).value(), 0);
   EXPECT_EQ((*gateway)->Stop(SIGTERM).value(), 0);
 }
