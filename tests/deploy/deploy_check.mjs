@@ -564,6 +564,14 @@ function checkMetrics() {
   }
   const seen = new Set();
   for (const [where, expr] of exprs) {
+    // Labels an aggregation groups by must exist on a metric it aggregates.
+    const metrics = promqlSelectors(expr).filter((x) => series.has(x.name)).map((x) => series.get(x.name));
+    for (const m of expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)) {
+      for (const label of m[1].split(",").map((x) => x.trim()).filter(Boolean)) {
+        if (label === "le" || TARGET_LABELS.has(label) || /^<</.test(label) || !metrics.length) continue;
+        if (!metrics.some((labels) => labels.has(label))) fail("metrics", `${where}: groups by "${label}", which none of its metrics has in the live scrape`);
+      }
+    }
     for (const sel of promqlSelectors(expr)) {
       if (sel.name === "__series__") continue;
       const key = `${where}|${sel.name}|${sel.labels}`;

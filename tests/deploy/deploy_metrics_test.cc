@@ -246,6 +246,10 @@ TEST_F(DeployMetricsTest, DeployFilesNameOnlyExportedMetrics) {
        "sum(hearth_gateway_queue_size{", "sum(hearth_gateway_queue_length{",
        "ScaledObject: hearth_gateway_queue_length is not in the live scrape"},
       {"deploy/grafana/dashboards/hearth.json",
+       "sum by (grpc_code) (rate(hearth_grpc_server_handled_total",
+       "sum by (code) (rate(hearth_grpc_server_handled_total",
+       "dashboard panel \"Errors by code\": groups by \"code\""},
+      {"deploy/grafana/dashboards/hearth.json",
        "hearth_gateway_queue_size{model=~", "hearth_gateway_queue_size{modle=~",
        "hearth_gateway_queue_size has no label \\\"modle\\\""},
   };
