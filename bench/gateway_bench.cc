@@ -12,6 +12,7 @@
 // step: a batch of 16 costs little more than a batch of 1).
 //
 //   bench_gateway [--seconds=5] [--clients=32] [--workers=...] [--model=tiny]
+//                 [--max_batch=16] [--delay_us=2000]
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -56,9 +57,11 @@ double Percentile(std::vector<double> v, double p) {
 
 // A gateway (Generation front end) over `workers`, on a loopback port.
 struct Gateway {
-  Gateway(const std::vector<std::string>& workers, BatcherOptions batching) {
+  Gateway(const std::vector<std::string>& workers, BatcherOptions batching,
+          int inflight_batches = 4) {
     WorkerPoolOptions pool_options;
     pool_options.static_workers = workers;
+    pool_options.max_inflight_batches = inflight_batches;
     pool = std::make_unique<WorkerPool>(pool_options);
     pool->Start();
     DispatcherOptions options;
@@ -234,11 +237,19 @@ int main(int argc, char** argv) {
                 Flag(argc, argv, "workers", "").c_str());
   }
 
-  BatcherOptions batched;  // the defaults: 16, 2 ms
+  BatcherOptions batched;  // the defaults unless --max_batch / --delay_us
+  batched.max_batch_size = static_cast<int>(
+      IntFlag(argc, argv, "max_batch", batched.max_batch_size));
+  batched.max_queue_delay = absl::Microseconds(
+      IntFlag(argc, argv, "delay_us",
+              absl::ToInt64Microseconds(batched.max_queue_delay)));
+  const std::string batched_name =
+      absl::StrCat("dynamic batching (", batched.max_batch_size, ", ",
+                   absl::ToInt64Microseconds(batched.max_queue_delay), "us)");
   BatcherOptions single;
   single.max_batch_size = 1;
   single.max_queue_delay = absl::ZeroDuration();
-  LoadResult with_batching, without;
+  LoadResult with_batching, without, one_at_a_time;
   {
     Gateway gateway(workers, batched);
     RunLoad(gateway.address, model, clients, tokens, absl::Seconds(1));
@@ -249,14 +260,23 @@ int main(int argc, char** argv) {
     RunLoad(gateway.address, model, clients, tokens, absl::Seconds(1));
     without = RunLoad(gateway.address, model, clients, tokens, duration);
   }
+  {
+    // Batch size 1 with 4 batches in flight still lets a real worker's
+    // continuous batching run 4 sequences per step; with one in flight the
+    // worker really runs one sequence at a time.
+    Gateway gateway(workers, single, /*inflight_batches=*/1);
+    RunLoad(gateway.address, model, clients, tokens, absl::Seconds(1));
+    one_at_a_time = RunLoad(gateway.address, model, clients, tokens, duration);
+  }
   std::printf(
       "\n%d clients, %d new tokens each, %.0f s per mode\n"
       "%-26s %10s %12s %10s %10s %7s\n",
       clients, tokens, absl::ToDoubleSeconds(duration), "mode", "req/s",
       "tokens/s", "p50 ms", "p95 ms", "errors");
-  for (auto [name, r] : {std::pair<const char*, LoadResult>{
-                             "dynamic batching (16, 2ms)", with_batching},
-                         {"max batch size 1", without}}) {
+  for (auto [name, r] :
+       {std::pair<const char*, LoadResult>{batched_name.c_str(), with_batching},
+        {"max batch size 1", without},
+        {"batch 1, 1 in flight", one_at_a_time}}) {
     std::printf("%-26s %10.1f %12.1f %10.1f %10.1f %7d\n", name,
                 r.requests_per_second, r.tokens_per_second, r.p50_ms, r.p95_ms,
                 r.errors);
@@ -265,6 +285,10 @@ int main(int argc, char** argv) {
               with_batching.requests_per_second /
                   std::max(1e-9, without.requests_per_second),
               with_batching.p95_ms / std::max(1e-9, without.p95_ms));
+  std::printf("vs batch 1 with 1 in flight: %.2fx; p95 ratio %.2f\n",
+              with_batching.requests_per_second /
+                  std::max(1e-9, one_at_a_time.requests_per_second),
+              with_batching.p95_ms / std::max(1e-9, one_at_a_time.p95_ms));
 
   // Overhead: one request at a time, 1 new token; delay 0 so the batcher
   // does not wait for company that will not come.

@@ -140,6 +140,10 @@ absl::Status ServiceRunner::Start() {
   // Without this, gRPC sets SO_REUSEPORT and a second process on the same port
   // would silently share it instead of failing.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (options_.max_metadata_bytes > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE,
+                               options_.max_metadata_bytes);
+  }
   builder.AddListeningPort(address, *credentials, &bound_grpc_port_);
   for (grpc::Service* service : services_) builder.RegisterService(service);
   std::vector<

@@ -51,6 +51,10 @@ struct ServerOptions {
   std::string tls_key_file;
   std::string tls_client_ca_file;
   absl::Duration drain_timeout = absl::Seconds(10);
+  // gRPC's limit on one request's metadata (it refuses more with
+  // RESOURCE_EXHAUSTED and drops the connection); 0 keeps gRPC's 8 KiB. The
+  // gateway raises it so that its own, lower check answers INVALID_ARGUMENT.
+  int max_metadata_bytes = 0;
 };
 
 // Fills the shared options (--host, --tls_*, --drain_seconds) from flags; the

@@ -75,7 +75,8 @@ class ExecuteCall : public grpc::ClientReadReactor<hearth::v1::ExecuteEvent>,
  public:
   ExecuteCall(Dispatcher* dispatcher, std::string model,
               WorkerPool::Lease lease, std::vector<QueuedRequest> batch)
-      : dispatcher_(dispatcher),
+      : token_(dispatcher->pool_->TrackCall()),
+        dispatcher_(dispatcher),
         model_(std::move(model)),
         lease_(std::move(lease)),
         batch_(std::move(batch)) {}
@@ -169,12 +170,14 @@ class ExecuteCall : public grpc::ClientReadReactor<hearth::v1::ExecuteEvent>,
     }
     // Others in the batch still run: free this one's KV cache only.
     struct CancelRpc {
+      WorkerPool::CallToken token;  // first: released last
       grpc::ClientContext context;
       hearth::v1::CancelRequest request;
       hearth::v1::CancelResponse response;
       std::shared_ptr<WorkerHandle> worker;
     };
     auto* rpc = new CancelRpc;
+    rpc->token = dispatcher_->pool_->TrackCall();
     rpc->worker = lease_.worker();
     rpc->request.add_sequence_ids(sequence_id);
     rpc->context.set_deadline(
@@ -308,6 +311,8 @@ class ExecuteCall : public grpc::ClientReadReactor<hearth::v1::ExecuteEvent>,
     if (ticket->Deliver(event)) ticket->Finish(absl::OkStatus());
   }
 
+  // First, so that it goes last: the pool keeps the channel until then.
+  WorkerPool::CallToken token_;
   Dispatcher* const dispatcher_;
   const std::string model_;
   WorkerPool::Lease lease_;

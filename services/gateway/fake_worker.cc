@@ -212,6 +212,7 @@ grpc::Status FakeWorker::GetStatus(grpc::ServerContext*,
     auto it = options_.models.find(name);
     model->set_context_length(it == options_.models.end() ? 2048 : it->second);
     model->set_vocab_size(1000);
+    model->set_default_max_new_tokens(options_.default_tokens);
     model->set_quantization("none");
     model->add_devices("cpu");
   }

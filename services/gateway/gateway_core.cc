@@ -254,9 +254,18 @@ absl::StatusOr<std::shared_ptr<Ticket>> GatewayCore::Generate(
       prompt_tokens = std::min<int64_t>(prompt_tokens, info.context_length());
     }
   }
-  const int64_t max_new = sampling.max_new_tokens() > 0
-                              ? sampling.max_new_tokens()
-                              : options_.default_max_new_tokens;
+  // 0 = the model's default: what its worker reports (generation_config.json
+  // or 128), else --default_max_new_tokens; capped like the worker caps it.
+  int64_t max_new = sampling.max_new_tokens();
+  if (max_new == 0) {
+    max_new = info.default_max_new_tokens() > 0
+                  ? info.default_max_new_tokens()
+                  : options_.default_max_new_tokens;
+    if (exact && info.context_length() > 0) {
+      max_new = std::max<int64_t>(
+          1, std::min<int64_t>(max_new, info.context_length() - prompt_tokens));
+    }
+  }
   if (info.context_length() > 0) {
     if (exact && prompt_tokens >= info.context_length()) {
       return Invalid(names.prompt,
@@ -294,8 +303,13 @@ absl::StatusOr<std::shared_ptr<Ticket>> GatewayCore::Generate(
     sequence.mutable_prompt_token_ids()->CopyFrom(request.prompt_token_ids());
   }
   *sequence.mutable_sampling() = sampling;
-  // The worker rejects 0; the gateway resolves the default it reserved for.
-  sequence.mutable_sampling()->set_max_new_tokens(static_cast<uint32_t>(max_new));
+  // With the exact prompt length the gateway sends the default it reserved
+  // for; otherwise 0, and the worker caps the same default with its exact
+  // count (the reservation above is then an upper bound, refunded after).
+  if (sampling.max_new_tokens() == 0 && exact) {
+    sequence.mutable_sampling()->set_max_new_tokens(
+        static_cast<uint32_t>(max_new));
+  }
   const int default_level =
       dispatcher_->OptionsFor(request.model()).default_priority_level;
   job.priority = edge_->Priority(caller, static_cast<int>(request.priority()),

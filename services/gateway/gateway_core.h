@@ -31,8 +31,8 @@ class GatewayMetrics;
 struct GatewayCoreOptions {
   int64_t max_prompt_bytes = 1 << 20;
   int64_t max_prompt_tokens = 1 << 20;
-  // Used for the token reservation when a request leaves max_new_tokens at
-  // 0 (the worker's default, 128 unless generation_config.json says more).
+  // What max_new_tokens 0 means for a model whose worker reports no
+  // default_max_new_tokens (workers report generation_config.json's, or 128).
   uint32_t default_max_new_tokens = 128;
   int max_stop_strings = 16;
   int64_t max_stop_bytes = 256;

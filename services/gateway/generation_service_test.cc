@@ -123,6 +123,28 @@ TEST_F(FrontendTest, GenerateReturnsTheCompletion) {
   EXPECT_EQ(response.usage().completion_tokens(), 3u);
 }
 
+// max_new_tokens 0 is the model's default as its worker reports it (the
+// fake reports 4). With token ids the gateway knows the prompt length and
+// sends the resolved value; with text (no tokenizer here) it sends 0 and the
+// worker resolves the same default.
+TEST_F(FrontendTest, ZeroMaxNewTokensIsTheWorkersDefault) {
+  hearth::v1::GenerateResponse response;
+  grpc::Status status = Generate("alice", Simple(0), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.usage().completion_tokens(), 4u);
+  hearth::v1::GenerateRequest ids = Simple(0);
+  ids.clear_prompt();
+  for (int i = 0; i < 62; ++i) ids.add_prompt_token_ids(i);
+  grpc::ClientContext context;
+  status = Generate("alice", ids, &response, &context);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.usage().completion_tokens(), 2u);  // context 64 - 62
+  auto sent = worker_->sequences();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].sampling().max_new_tokens(), 0u);
+  EXPECT_EQ(sent[1].sampling().max_new_tokens(), 2u);
+}
+
 TEST_F(FrontendTest, AuthCodes) {
   hearth::v1::GenerateResponse response;
   EXPECT_EQ(Generate("wrong", Simple(), &response).error_code(),

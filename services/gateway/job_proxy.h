@@ -95,6 +95,25 @@ class ProxyWatchReactor : public grpc::ServerWriteReactor<hearth::v1::Job>,
   hearth::v1::Job job_;
 };
 
+// What the proxy checks itself, so that a bad request is INVALID_ARGUMENT
+// naming the field whether or not the upstream is up.
+inline absl::Status CheckJobId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: required");
+  if (id.size() > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id: ", id.size(), " bytes; job ids are at most 256"));
+  }
+  return absl::OkStatus();
+}
+inline absl::Status CheckPageSize(uint32_t page_size) {
+  // The job services take an int; larger values would wrap negative.
+  if (page_size > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size: ", page_size, " is over the limit of 100000"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace internal
 
 // `Service` is hearth::v1::Quantization or hearth::v1::Distillation.
@@ -115,39 +134,46 @@ class JobProxy final : public Service::CallbackService {
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context,
                                       const CreateRequest* request,
                                       hearth::v1::Job* response) override {
-    return Unary(context, [&](auto* stub, auto* client, auto done) {
-      stub->async()->CreateJob(client, request, response, std::move(done));
-    });
+    return Unary(
+        context, absl::OkStatus(), [&](auto* stub, auto* client, auto done) {
+          stub->async()->CreateJob(client, request, response, std::move(done));
+        });
   }
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const hearth::v1::GetJobRequest* request,
                                    hearth::v1::Job* response) override {
-    return Unary(context, [&](auto* stub, auto* client, auto done) {
-      stub->async()->GetJob(client, request, response, std::move(done));
-    });
+    return Unary(context, internal::CheckJobId(request->id()),
+                 [&](auto* stub, auto* client, auto done) {
+                   stub->async()->GetJob(client, request, response,
+                                         std::move(done));
+                 });
   }
   grpc::ServerUnaryReactor* ListJobs(
       grpc::CallbackServerContext* context,
       const hearth::v1::ListJobsRequest* request,
       hearth::v1::ListJobsResponse* response) override {
-    return Unary(context, [&](auto* stub, auto* client, auto done) {
-      stub->async()->ListJobs(client, request, response, std::move(done));
-    });
+    return Unary(context, internal::CheckPageSize(request->page_size()),
+                 [&](auto* stub, auto* client, auto done) {
+                   stub->async()->ListJobs(client, request, response,
+                                           std::move(done));
+                 });
   }
   grpc::ServerUnaryReactor* CancelJob(
       grpc::CallbackServerContext* context,
       const hearth::v1::CancelJobRequest* request,
       hearth::v1::Job* response) override {
-    return Unary(context, [&](auto* stub, auto* client, auto done) {
-      stub->async()->CancelJob(client, request, response, std::move(done));
-    });
+    return Unary(context, internal::CheckJobId(request->id()),
+                 [&](auto* stub, auto* client, auto done) {
+                   stub->async()->CancelJob(client, request, response,
+                                            std::move(done));
+                 });
   }
 
   grpc::ServerWriteReactor<hearth::v1::Job>* WatchJob(
       grpc::CallbackServerContext* context,
       const hearth::v1::WatchJobRequest* request) override {
     auto* reactor = new internal::ProxyWatchReactor(context);
-    absl::Status ok = Check(*context);
+    absl::Status ok = Check(*context, internal::CheckJobId(request->id()));
     if (!ok.ok()) {
       reactor->grpc::ServerWriteReactor<hearth::v1::Job>::Finish(
           ToClientStatus(ok, context));
@@ -160,9 +186,12 @@ class JobProxy final : public Service::CallbackService {
   }
 
  private:
-  absl::Status Check(const grpc::CallbackServerContext& context) {
+  // Credentials first, then the request itself, then the upstream.
+  absl::Status Check(const grpc::CallbackServerContext& context,
+                     const absl::Status& input) {
     auto caller = edge_->Authenticate(context, {scope_, kScopeAdmin}, "");
     if (!caller.ok()) return caller.status();
+    if (!input.ok()) return input;
     if (stub_ == nullptr) {
       return absl::UnavailableError(
           absl::StrCat(Service::service_full_name(),
@@ -174,9 +203,9 @@ class JobProxy final : public Service::CallbackService {
 
   template <typename Call>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
-                                  Call call) {
+                                  const absl::Status& input, Call call) {
     auto* reactor = new internal::ProxyUnaryReactor(context);
-    absl::Status ok = Check(*context);
+    absl::Status ok = Check(*context, input);
     if (!ok.ok()) {
       reactor->Finish(ToClientStatus(ok, context));
       return reactor;

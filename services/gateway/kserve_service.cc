@@ -382,6 +382,7 @@ class WorkerFanOut {
       return;
     }
     auto* fan = new WorkerFanOut;
+    fan->token_ = pool->TrackCall();
     fan->pool_ = pool;
     fan->reactor_ = reactor;
     fan->context_ = context;
@@ -394,10 +395,14 @@ class WorkerFanOut {
               ? std::chrono::system_clock::now() + std::chrono::minutes(10)
               : context->deadline());
       fan->contexts_.push_back(client);
-      send(worker.get(), client.get(),
-           [fan, worker, client](grpc::Status status) {
-             fan->Done(worker->address(), status);
-           });
+      fan->workers_.push_back(worker);
+      // Only raw pointers in the callback: the fan owns the contexts and
+      // handles, so they go when it does, before its token (see
+      // WorkerPool's class comment), not whenever gRPC drops the callback.
+      const WorkerHandle* raw = worker.get();
+      send(worker.get(), client.get(), [fan, raw](grpc::Status status) {
+        fan->Done(raw->address(), status);
+      });
     }
   }
 
@@ -427,11 +432,13 @@ class WorkerFanOut {
     delete this;
   }
 
+  WorkerPool::CallToken token_;  // first: released last
   WorkerPool* pool_ = nullptr;
   grpc::ServerUnaryReactor* reactor_ = nullptr;
   grpc::CallbackServerContext* context_ = nullptr;
   std::string what_;
   std::vector<std::shared_ptr<grpc::ClientContext>> contexts_;
+  std::vector<std::shared_ptr<WorkerHandle>> workers_;
   absl::Mutex mu_;
   int remaining_ = 0;
   int ok_ = 0;

@@ -64,6 +64,9 @@ ABSL_FLAG(std::string, model_repository, "",
           "the workers' model repository, if readable here: lets the "
           "gateway tokenize (Tokenize rpc, exact prompt-length checks)");
 ABSL_FLAG(int64_t, max_prompt_bytes, 1 << 20, "longest prompt accepted");
+ABSL_FLAG(uint32_t, default_max_new_tokens, 128,
+          "what max_new_tokens 0 means for a model whose worker reports no "
+          "default (workers report generation_config.json's, else 128)");
 ABSL_FLAG(int32_t, max_batch_size, 0,
           "default max batch size for every model (0 = config or 16)");
 ABSL_FLAG(int64_t, max_queue_delay_us, -1,
@@ -122,9 +125,14 @@ int main(int argc, char** argv) {
       "hearth-gateway: public gRPC API (hearth.v1.Generation, KServe v2) with "
       "auth, rate limits and dynamic batching in front of hearth-worker.",
       &config);
-  hearth::ServiceRunner runner(hearth::ServerOptionsFromFlags(
+  hearth::ServerOptions server_options = hearth::ServerOptionsFromFlags(
       "hearth-gateway", absl::GetFlag(FLAGS_grpc_port),
-      absl::GetFlag(FLAGS_metrics_port)));
+      absl::GetFlag(FLAGS_metrics_port));
+  // gRPC itself would drop the connection at 8 KiB; above the Edge's own
+  // limit (8 KiB, INVALID_ARGUMENT naming `metadata`) up to 64 KiB clients get
+  // a clear answer instead.
+  server_options.max_metadata_bytes = 64 << 10;
+  hearth::ServiceRunner runner(server_options);
   namespace gw = hearth::gateway;
   gw::GatewayMetrics metrics(runner.metrics());
 
@@ -228,6 +236,8 @@ int main(int argc, char** argv) {
   gw::TokenizerCache tokenizers(absl::GetFlag(FLAGS_model_repository));
   gw::GatewayCoreOptions core_options;
   core_options.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  core_options.default_max_new_tokens =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_default_max_new_tokens));
   gw::GatewayCore core(core_options, &pool, &dispatcher, &edge, &tokenizers,
                        &metrics);
   gw::GenerationService generation(&core);

@@ -43,6 +43,32 @@ uint64_t FreeKvTokens(const hearth::v1::WorkerStatus& status) {
   return free;
 }
 
+// gRPC 1.51 on Linux runs client (and server) callbacks on one shared
+// CompletionQueue that it creates when the first callback channel appears and
+// tears down (threads joined, queue freed) when the last one goes. Tearing it
+// down races with its own threads (a channel released on one of them joins
+// itself; see the class comment), so the gateway keeps it for the life of the
+// process: one idle channel that made one callback call, never released.
+void PinCallbackQueue() {
+  static const bool pinned = [] {
+    auto* channel = new std::shared_ptr<grpc::Channel>(
+        grpc::CreateChannel("unix:/nonexistent/hearth-gateway-pin",
+                            grpc::InsecureChannelCredentials()));
+    auto* stub = hearth::v1::Worker::NewStub(*channel).release();
+    struct Pin {
+      grpc::ClientContext context;
+      hearth::v1::GetStatusRequest request;
+      hearth::v1::WorkerStatus response;
+    };
+    auto* pin = new Pin;  // leaked with the channel, on purpose
+    pin->context.set_deadline(std::chrono::system_clock::now());
+    stub->async()->GetStatus(&pin->context, &pin->request, &pin->response,
+                             [](grpc::Status) {});
+    return true;
+  }();
+  (void)pinned;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> ParseWorkerList(
@@ -128,10 +154,40 @@ void WorkerPool::Lease::Release() {
 }
 
 // ---------------------------------------------------------------------------
+// CallToken
+
+WorkerPool::CallToken& WorkerPool::CallToken::operator=(
+    CallToken&& other) noexcept {
+  if (this != &other) {
+    Release();
+    pool_ = other.pool_;
+    other.pool_ = nullptr;
+  }
+  return *this;
+}
+
+void WorkerPool::CallToken::Release() {
+  if (pool_ == nullptr) return;
+  WorkerPool* pool = pool_;
+  pool_ = nullptr;
+  absl::MutexLock lock(&pool->mu_);
+  --pool->calls_outstanding_;
+}
+
+WorkerPool::CallToken WorkerPool::TrackCall() {
+  CallToken token;
+  absl::MutexLock lock(&mu_);
+  ++calls_outstanding_;
+  token.pool_ = this;
+  return token;
+}
+
+// ---------------------------------------------------------------------------
 // WorkerPool
 
 WorkerPool::WorkerPool(WorkerPoolOptions options)
     : options_(std::move(options)) {
+  PinCallbackQueue();
   absl::MutexLock lock(&mu_);
   for (const std::string& address : options_.static_workers) {
     Entry& entry = workers_[address];
@@ -157,11 +213,24 @@ void WorkerPool::Stop() {
     stop_ = true;
   }
   if (loop_.joinable()) loop_.join();
-  // Outstanding polls hold `this`; wait for them.
+  // Streams still running would keep their tokens forever; end them (the
+  // dispatcher has normally done so already).
+  std::vector<std::shared_ptr<WorkerHandle>> handles;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [address, entry] : workers_) handles.push_back(entry.handle);
+    for (auto& handle : retired_) handles.push_back(handle);
+  }
+  for (auto& handle : handles) handle->CancelAllCalls();
+  handles.clear();
+  // Every call object (and its ClientContext) must be gone before the
+  // channels can go; see the class comment.
   absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](int* outstanding) { return *outstanding == 0; },
-      &polls_outstanding_));
+  mu_.Await(absl::Condition(this, &WorkerPool::NoCallsOutstanding));
+}
+
+bool WorkerPool::NoCallsOutstanding() const {
+  return polls_outstanding_ == 0 && calls_outstanding_ == 0;
 }
 
 void WorkerPool::RunLoop() {
@@ -223,7 +292,12 @@ void WorkerPool::Resolve() {
   for (const std::string& old : dns_addresses_) {
     if (!addresses.count(old) && !statics.count(old)) {
       HLOG(INFO) << "worker " << old << " left " << options_.dns_name;
-      workers_.erase(old);  // leases keep the handle alive
+      auto it = workers_.find(old);
+      if (it != workers_.end()) {
+        // Calls may still use it; see the class comment.
+        retired_.push_back(std::move(it->second.handle));
+        workers_.erase(it);
+      }
     }
   }
   for (const std::string& address : addresses) {
@@ -235,12 +309,19 @@ void WorkerPool::Resolve() {
     }
   }
   dns_addresses_.assign(addresses.begin(), addresses.end());
+  // Not a callback thread: dropping the last reference here is safe.
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [](const std::shared_ptr<WorkerHandle>& h) {
+                                  return h.use_count() == 1;
+                                }),
+                 retired_.end());
   ++change_epoch_;
   changed_.SignalAll();
 }
 
 namespace {
 struct PollCall {
+  WorkerPool::CallToken token;  // first: released last
   grpc::ClientContext context;
   hearth::v1::GetStatusRequest request;
   hearth::v1::WorkerStatus response;
@@ -261,6 +342,7 @@ void WorkerPool::PollAll(bool wait) {
   }
   for (const auto& handle : targets) {
     auto* call = new PollCall;
+    call->token = TrackCall();
     call->handle = handle;
     call->context.set_deadline(
         absl::ToChronoTime(absl::Now() + options_.poll_timeout));

@@ -19,6 +19,17 @@
 //
 // Thread-safe. Polls run on gRPC's callback threads; one background thread
 // schedules them.
+//
+// Channel lifetime. The pool owns every worker's channel until it is
+// destroyed (handles that leave DNS are retired, not dropped), and every
+// asynchronous call on a worker (polls, Execute streams, Cancel and admin
+// rpcs) holds a CallToken that Stop() waits for. So the last reference to a
+// channel always goes on the thread that destroys the pool, never on a gRPC
+// callback thread. That matters: gRPC 1.51 on Linux runs client callbacks on
+// one shared CompletionQueue whose threads are joined and whose queue is
+// freed when the last channel using it goes; a channel released on one of
+// those threads joins itself and then polls the freed queue ("assertion
+// failed: prior > 0" or a segfault in grpc_completion_queue_next).
 #ifndef HEARTH_SERVICES_GATEWAY_WORKER_POOL_H_
 #define HEARTH_SERVICES_GATEWAY_WORKER_POOL_H_
 
@@ -139,6 +150,24 @@ class WorkerPool {
     std::string model_;
   };
 
+  // Held by the object that owns an asynchronous call's ClientContext, as
+  // its first member so that it goes last: while any token lives, Stop()
+  // waits and the pool (with the channels) stays.
+  class CallToken {
+   public:
+    CallToken() = default;
+    CallToken(CallToken&& other) noexcept { *this = std::move(other); }
+    CallToken& operator=(CallToken&& other) noexcept;
+    CallToken(const CallToken&) = delete;
+    CallToken& operator=(const CallToken&) = delete;
+    ~CallToken() { Release(); }
+    void Release();
+
+   private:
+    friend class WorkerPool;
+    WorkerPool* pool_ = nullptr;
+  };
+
   explicit WorkerPool(WorkerPoolOptions options);
   // Stop()s.
   ~WorkerPool();
@@ -148,7 +177,11 @@ class WorkerPool {
   // Resolves, polls once (waiting up to poll_timeout) and starts the
   // background poller.
   void Start();
+  // Stops polling, cancels the calls still registered on workers and waits
+  // until every CallToken is gone. Idempotent.
   void Stop();
+  // A token for one asynchronous call on a worker (see CallToken).
+  CallToken TrackCall();
   // Polls every worker now and waits for the answers (tests, after a load).
   void PollNow();
   // Polls every worker now without waiting (from callback threads).
@@ -211,6 +244,7 @@ class WorkerPool {
   bool ModelReadyOn(const Entry& entry, const std::string& model) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void RunLoop();
+  bool NoCallsOutstanding() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const WorkerPoolOptions options_;
 
@@ -221,6 +255,9 @@ class WorkerPool {
   std::vector<std::string> dns_addresses_ ABSL_GUARDED_BY(mu_);
   std::function<void()> on_poll_ ABSL_GUARDED_BY(mu_);
   int polls_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  int calls_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  // Handles that left DNS; kept until no call uses them (see above).
+  std::vector<std::shared_ptr<WorkerHandle>> retired_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex loop_mu_;
   bool stop_ ABSL_GUARDED_BY(loop_mu_) = false;

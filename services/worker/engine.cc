@@ -865,6 +865,8 @@ absl::StatusOr<ModelStatus> Engine::LoadModel(
   entry->replicas = targets;
   entry->status.context_length = assets->config.max_position_embeddings;
   entry->status.vocab_size = assets->config.vocab_size;
+  entry->status.default_max_new_tokens =
+      assets->generation.max_new_tokens.value_or(kDefaultMaxNewTokens);
   entry->status.quantization = assets->quantization;
   std::vector<std::future<void>> added;
   for (size_t i = 0; i < targets.size(); ++i) {
@@ -974,12 +976,24 @@ absl::Status Engine::Prepare(const ModelAssets& assets, int64_t kv_capacity,
   }
   const int64_t prompt_len = static_cast<int64_t>(s.prompt.size());
 
-  const RequestSampling& q = r.sampling;
-  if (q.max_new_tokens < 1) {
+  RequestSampling& q = r.sampling;
+  if (q.max_new_tokens < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "sampling.max_new_tokens: must be >= 1 (the worker applies no "
-        "default), got ",
+        "sampling.max_new_tokens: must be >= 0 (0 = the model's default), "
+        "got ",
         q.max_new_tokens));
+  }
+  if (q.max_new_tokens == 0) {
+    // The model's default, capped to what fits (a default must not fail).
+    const int64_t room = std::min<int64_t>(
+        config.max_position_embeddings - prompt_len, kv_capacity - prompt_len);
+    if (room < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt: ", prompt_len, " tokens leave no room to generate (context ",
+          config.max_position_embeddings, ", KV cache ", kv_capacity, ")"));
+    }
+    q.max_new_tokens = std::min(
+        assets.generation.max_new_tokens.value_or(kDefaultMaxNewTokens), room);
   }
   if (q.max_new_tokens > config.max_position_embeddings - prompt_len) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -75,8 +75,9 @@ std::string_view FinishReasonLabel(FinishReason reason);
 // generation_config.json defaults (temperature and top_p only when it says
 // do_sample), then hearth's: greedy.
 struct RequestSampling {
-  // Required: the worker applies no default (the gateway does), so 0 is an
-  // error, as is a value that does not fit the model's context with the prompt.
+  // 0 = the model's default (DefaultMaxNewTokens), capped so that prompt +
+  // new tokens fit the context and the KV cache. Negative, or an explicit
+  // value that does not fit, is an error naming the field.
   int64_t max_new_tokens = 0;
   std::optional<double> temperature;
   int64_t top_k = 0;
@@ -180,6 +181,10 @@ struct EngineOptions {
 
 enum class ModelState { kLoading, kReady, kUnloading, kFailed, kUnloaded };
 
+// What max_new_tokens 0 means for a model: generation_config.json's
+// max_new_tokens, else 128 (the gateway's --default_max_new_tokens default).
+constexpr int64_t kDefaultMaxNewTokens = 128;
+
 struct ModelStatus {
   std::string name;
   ModelState state = ModelState::kUnloaded;
@@ -187,6 +192,8 @@ struct ModelStatus {
   std::string path;
   int64_t context_length = 0;
   int64_t vocab_size = 0;
+  // max_new_tokens 0 means this (before capping to the context).
+  int64_t default_max_new_tokens = kDefaultMaxNewTokens;
   std::string quantization;
   double load_seconds = 0;
   std::string error;  // kFailed.

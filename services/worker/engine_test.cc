@@ -192,6 +192,27 @@ TEST_F(EngineTest, StreamsTokensTextUsageAndTimings) {
   EXPECT_FALSE(res.text.empty());
 }
 
+// max_new_tokens 0 is the model's default (no generation_config.json
+// max_new_tokens here: 128), capped so that it fits the context.
+TEST_F(EngineTest, ZeroMaxNewTokensIsTheModelDefault) {
+  auto engine = MakeEngine();
+  auto loaded = engine->LoadModel("tiny");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->default_max_new_tokens, kDefaultMaxNewTokens);
+  Collector c;
+  auto admitted = engine->Submit(
+      "tiny",
+      {Request("d", Prompt(4, 1), 0), Request("cap", Prompt(500, 2), 0)},
+      c.Callback());
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  for (const Admission& a : *admitted) ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_TRUE(c.WaitFinished(2));
+  EXPECT_EQ(c.Get("d").tokens.size(),
+            static_cast<size_t>(kDefaultMaxNewTokens));
+  EXPECT_EQ(c.Get("d").last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(c.Get("cap").tokens.size(), 12u);  // 512 - 500
+}
+
 TEST_F(EngineTest, BatchedResultsMatchOneAtATime) {
   EngineOptions options;
   options.max_batch_tokens = 64;  // Forces chunked prefill of long prompts.
@@ -399,7 +420,7 @@ TEST_F(EngineTest, BadInputsNameTheField) {
   r.prompt_token_ids.clear();
   check(r, "prompt");
   r = ok;
-  r.sampling.max_new_tokens = 0;
+  r.sampling.max_new_tokens = -1;
   check(r, "sampling.max_new_tokens");
   r = ok;
   r.sampling.max_new_tokens = 100000;

@@ -283,6 +283,8 @@ void FillModel(const ModelStatus& m, v1::LoadedModel* out) {
   out->set_path(m.path);
   out->set_context_length(static_cast<uint32_t>(m.context_length));
   out->set_vocab_size(static_cast<uint32_t>(m.vocab_size));
+  out->set_default_max_new_tokens(
+      static_cast<uint32_t>(m.default_max_new_tokens));
   out->set_quantization(m.quantization);
 }
 

@@ -154,11 +154,6 @@ TEST_F(WorkerServiceTest, BadInputsGetCodesAndTheWorkerKeepsServing) {
       {"empty prompt",
        [](v1::SequenceRequest* s) { s->clear_prompt_token_ids(); },
        "sequences[0].prompt"},
-      {"max_new_tokens 0",
-       [](v1::SequenceRequest* s) {
-         s->mutable_sampling()->set_max_new_tokens(0);
-       },
-       "sequences[0].sampling.max_new_tokens"},
       {"max_new_tokens huge",
        [](v1::SequenceRequest* s) {
          s->mutable_sampling()->set_max_new_tokens(4000000000u);
@@ -268,6 +263,7 @@ TEST_F(WorkerServiceTest, CancelRpcStatusAndUnload) {
   EXPECT_EQ(status.models(0).state(), v1::MODEL_STATE_READY);
   EXPECT_EQ(status.models(0).vocab_size(), 258u);
   EXPECT_EQ(status.models(0).context_length(), 512u);
+  EXPECT_EQ(status.models(0).default_max_new_tokens(), 128u);
   EXPECT_EQ(status.models(0).quantization(), "none");
 
   grpc::ClientContext cc;
