@@ -14,7 +14,9 @@
 // numbers are comparable with quant_report.json. Prints one JSON object:
 // perplexity, layer_weight_bytes (resident linear weights), weight_bytes,
 // disk_bytes, rss_model_bytes (process RSS after loading minus before),
-// decode_tokens_per_second_b1 / _b16, held_out_tokens.
+// decode_tokens_per_second_b1 / _b16, held_out_tokens, and kl_vs_reference
+// (mean KL divergence of --model's next-token distributions from
+// --reference's on the same windows) when the two differ.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -102,6 +104,28 @@ int main(int argc, char** argv) {
         DecodeTokensPerSecond(**model, 16, steps);
   }
   out["peak_rss_bytes"] = PeakResidentBytes();
+  if (reference != path) {
+    // Mean KL(reference || model) per next-token distribution on the same
+    // windows: far less noisy than a perplexity difference, so it ranks
+    // methods whose perplexities tie.
+    auto ref = QuantizedLlama::Load(reference);
+    if (!ref.ok()) return Fail(ref.status());
+    double kl = 0;
+    int64_t positions = 0;
+    for (int64_t i = 0; i < windows; ++i) {
+      if ((i + 1) * seq > static_cast<int64_t>(held_out.size())) break;
+      at::Tensor ids =
+          torch::tensor(std::vector<int64_t>(held_out.begin() + i * seq,
+                                             held_out.begin() + (i + 1) * seq),
+                        torch::kLong)
+              .unsqueeze(0);
+      at::Tensor lp = at::log_softmax((*ref)->Forward(ids)[0], -1);
+      at::Tensor lq = at::log_softmax((*model)->Forward(ids)[0], -1);
+      kl += (lp.exp() * (lp - lq)).sum().item<double>();
+      positions += seq;
+    }
+    out["kl_vs_reference"] = positions ? kl / positions : 0.0;
+  }
   if (!absl::GetFlag(FLAGS_windows_out).empty()) {
     // The same windows Perplexity() took: consecutive, non-overlapping.
     nlohmann::json w = nlohmann::json::array();
