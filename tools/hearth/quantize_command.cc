@@ -139,12 +139,22 @@ class LocalQuantizer {
     const int port = FreePort();
     if (port == 0) return absl::UnavailableError("no free loopback port");
     const std::string repo = absl::GetFlag(FLAGS_model_repository);
+    // Its own job store, so a hearth-quantizer already serving this
+    // repository (which locks <repo>/.quantizer) does not stop it.
+    const std::string work = repo + "/.quantizer-local";
+    log_ = work + ".log";
     std::vector<std::string> argv_s = {
-        QuantizerBinary(), absl::StrCat("--grpc_port=", port),
-        "--metrics_port=0", "--host=127.0.0.1", "--model_repo=" + repo};
+        QuantizerBinary(),      absl::StrCat("--grpc_port=", port),
+        "--metrics_port=0",     "--host=127.0.0.1",
+        "--model_repo=" + repo, "--work_dir=" + work};
     pid_ = fork();
     if (pid_ < 0) return absl::InternalError("fork failed");
     if (pid_ == 0) {
+      // Its log goes to a file; the terminal shows the progress bar.
+      if (FILE* f = std::fopen(log_.c_str(), "w")) {
+        dup2(fileno(f), STDOUT_FILENO);
+        dup2(fileno(f), STDERR_FILENO);
+      }
       std::vector<char*> argv_c;
       for (auto& a : argv_s) argv_c.push_back(a.data());
       argv_c.push_back(nullptr);
@@ -156,8 +166,9 @@ class LocalQuantizer {
     const std::string address = absl::StrCat("127.0.0.1:", port);
     absl::Status up = WaitForServing(address, absl::Seconds(60));
     if (!up.ok()) {
-      return absl::UnavailableError(absl::StrCat(
-          argv_s[0], " did not come up on ", address, ": ", up.message()));
+      return absl::UnavailableError(
+          absl::StrCat(argv_s[0], " did not come up on ", address, ": ",
+                       up.message(), " (its log: ", log_, ")"));
     }
     return address;
   }
@@ -170,6 +181,7 @@ class LocalQuantizer {
 
  private:
   pid_t pid_ = -1;
+  std::string log_;
 };
 
 void PrintJob(const v1::Job& job) {
@@ -307,7 +319,11 @@ int RunQuantize(const std::vector<std::string>& args) {
     auto reader = stub->WatchJob(&context, watch);
     while (reader->Read(&job)) {
       attempt = 0;
-      const std::string msg = job.message().substr(0, job.message().find('\n'));
+      // The final message of an evaluated job is its table: printed below.
+      const std::string msg =
+          job.message().find('|') != std::string::npos
+              ? std::string("done")
+              : job.message().substr(0, job.message().find('\n'));
       const std::string line =
           absl::StrFormat("%s %3d%% %s", Bar(job.progress()),
                           static_cast<int>(job.progress() * 100), msg);

@@ -10,8 +10,9 @@
 //
 // With --local no service is needed: the command starts a private
 // hearth-quantizer (found next to this binary, else on PATH) on a free
-// loopback port over --model_repository, runs the job through it the same
-// way, and stops it.
+// loopback port over --model_repository (job store <repo>/.quantizer-local,
+// log <repo>/.quantizer-local.log), runs the job through it the same way, and
+// stops it.
 #ifndef HEARTH_TOOLS_HEARTH_QUANTIZE_COMMAND_H_
 #define HEARTH_TOOLS_HEARTH_QUANTIZE_COMMAND_H_
 
