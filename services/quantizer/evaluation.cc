@@ -88,4 +88,9 @@ int64_t DiskBytes(const std::string& path) {
 int64_t ResidentBytes() { return ProcStatusKb("VmRSS") * 1024; }
 int64_t PeakResidentBytes() { return ProcStatusKb("VmHWM") * 1024; }
 
+void ResetPeakResidentBytes() {
+  // proc(5), clear_refs: "5" resets the peak RSS (VmHWM) to the current RSS.
+  std::ofstream("/proc/self/clear_refs") << "5";
+}
+
 }  // namespace hearth::quantizer

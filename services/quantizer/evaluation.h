@@ -29,6 +29,9 @@ int64_t DiskBytes(const std::string& path);
 // VmRSS / VmHWM of this process, in bytes (0 when unavailable).
 int64_t ResidentBytes();
 int64_t PeakResidentBytes();
+// Restarts PeakResidentBytes() from the current RSS, so that a job in a
+// long-running service measures its own peak (no-op where unsupported).
+void ResetPeakResidentBytes();
 
 }  // namespace hearth::quantizer
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/formats/gguf_llama.h"
+#include "common/formats/safetensors.h"
 #include "common/status/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "services/quantizer/calibration.h"
@@ -101,10 +102,28 @@ absl::StatusOr<JobSpec> ParseJobSpec(const std::string& spec_json,
     return absl::NotFoundError(
         absl::StrCat("source_model: no model \"", s.source_model, "\""));
   }
+  if (absl::EndsWith(s.source_model, ".gguf")) {
+    // A broken file is the caller's input error, with its byte offset; a
+    // sound one is a source the quantizer cannot take yet.
+    auto gguf = formats::GgufFile::Open(src);
+    if (!gguf.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("source_model: ", gguf.status().message()));
+    }
+    return absl::UnimplementedError(
+        "source_model: quantizing from a GGUF is not supported; give the "
+        "Hugging Face model folder");
+  }
   auto config = formats::LoadLlamaConfig(src + "/config.json");
   if (!config.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("source_model: ", config.status().message()));
+  }
+  // Map the checkpoint now: a truncated file or a header whose offsets lie
+  // is the caller's input error, caught before the job is queued.
+  if (auto reader = formats::CheckpointReader::Open(src); !reader.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("source_model: ", reader.status().message()));
   }
   if (!config->quantization_config.is_null()) {
     return absl::InvalidArgumentError(
@@ -189,6 +208,7 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
   HEARTH_ASSIGN_OR_RETURN(JobSpec spec,
                           ParseJobSpec(ctx.spec_json(), model_repo));
   const std::string src = model_repo + "/" + spec.source_model;
+  ResetPeakResidentBytes();  // this job's peak, not the service's
   const auto t0 = std::chrono::steady_clock::now();
   std::map<std::string, double> metrics;
   nlohmann::json report = {{"source_model", spec.source_model},
@@ -292,6 +312,7 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
 
   if (spec.evaluate && !model_folder.empty()) {
     ctx.ReportProgress(0.85, "evaluating fp32");
+    int64_t rss0 = ResidentBytes();
     HEARTH_ASSIGN_OR_RETURN(auto float_tensors, LoadFloatTensors(src));
     HEARTH_ASSIGN_OR_RETURN(
         auto before, QuantizedLlama::FromFloatTensors(config, float_tensors));
@@ -303,22 +324,26 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
       std::string name;
       double ppl, b1, b16;
       int64_t mem, disk;
+      int64_t rss = 0;  // process RSS added by building/loading the model
     };
     std::vector<Row> rows;
     rows.push_back({"fp32", Perplexity(*before, split.held_out, seq, windows),
                     DecodeTokensPerSecond(*before, 1, 16),
                     DecodeTokensPerSecond(*before, 16, 16),
-                    before->LayerLinearBytes(), DiskBytes(src)});
+                    before->LayerLinearBytes(), DiskBytes(src),
+                    ResidentBytes() - rss0});
     before.reset();
     float_tensors.clear();
     if (ctx.Cancelled()) return absl::CancelledError("cancelled");
     ctx.ReportProgress(0.92, "evaluating quantized");
+    rss0 = ResidentBytes();
     HEARTH_ASSIGN_OR_RETURN(auto after, QuantizedLlama::Load(model_folder));
-    rows.push_back({after->Describe(),
-                    Perplexity(*after, split.held_out, seq, windows),
-                    DecodeTokensPerSecond(*after, 1, 16),
-                    DecodeTokensPerSecond(*after, 16, 16),
-                    after->LayerLinearBytes(), DiskBytes(model_folder)});
+    const int64_t after_rss = ResidentBytes() - rss0;
+    rows.push_back(
+        {after->Describe(), Perplexity(*after, split.held_out, seq, windows),
+         DecodeTokensPerSecond(*after, 1, 16),
+         DecodeTokensPerSecond(*after, 16, 16), after->LayerLinearBytes(),
+         DiskBytes(model_folder), after_rss});
     metrics["perplexity_before"] = rows[0].ppl;
     metrics["perplexity_after"] = rows[1].ppl;
     metrics["size_on_disk_bytes"] = static_cast<double>(rows[1].disk);
@@ -339,14 +364,19 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
                     {"layer_weight_bytes", r.mem},
                     {"size_on_disk_bytes", r.disk},
                     {"decode_tokens_per_second_b1", r.b1},
-                    {"decode_tokens_per_second_b16", r.b16}});
+                    {"decode_tokens_per_second_b16", r.b16},
+                    {"resident_model_bytes", r.rss}});
     }
     report["evaluation"] = jr;
     report["held_out_tokens"] = split.held_out.size();
     report["eval_sequence_length"] = seq;
     report["resident_memory_bytes"] = ResidentBytes();
     report["table"] = table;
+    metrics["resident_model_bytes"] = static_cast<double>(rows[1].rss);
     metrics["resident_memory_bytes"] = static_cast<double>(ResidentBytes());
+    // Every headline number at the top level too (perplexity_before/after,
+    // size_on_disk_bytes, resident_*, decode_*, quantization_*).
+    report["metrics"] = metrics;
     const std::string path = model_folder + "/quant_report.json";
     {
       std::ofstream out(path + ".tmp", std::ios::trunc);

@@ -140,6 +140,22 @@ TEST_F(QuantizeJobTest, MethodsSucceedWithReports) {
     const double after = rec->metrics.at("perplexity_after");
     EXPECT_LT(after, before * 1.05) << spec.dump();
     EXPECT_TRUE(fs::exists(rec->artifacts.at("model") + "/config.json"));
+    // The report carries every number the issue asks for.
+    std::ifstream in(rec->artifacts.at("report"));
+    nlohmann::json report = nlohmann::json::parse(in);
+    for (const char* key :
+         {"perplexity_before", "perplexity_after", "size_on_disk_bytes",
+          "resident_weight_bytes", "decode_tokens_per_second_b1",
+          "decode_tokens_per_second_b16", "quantization_seconds",
+          "peak_memory_bytes"}) {
+      ASSERT_TRUE(report["metrics"].contains(key)) << key;
+      EXPECT_GT(report["metrics"][key].get<double>(), 0) << key;
+    }
+    // (RSS deltas can be 0 when the allocator reuses freed pages.)
+    EXPECT_TRUE(report["metrics"].contains("resident_model_bytes"));
+    EXPECT_EQ(report["evaluation"].size(), 2u);
+    EXPECT_LT(report["metrics"]["resident_weight_bytes"].get<double>(),
+              report["evaluation"][0]["layer_weight_bytes"].get<double>());
   }
 }
 

@@ -16,6 +16,10 @@
 // The KV cache is F32 and flash attention off so that logits can be compared
 // tightly with a float reference (an F16 cache moves them by ~2e-4).
 //
+// With "windows": [[ids...], ...] it also prints "perplexity": exp of the mean
+// next-token negative log-likelihood over every window (each evaluated from an
+// empty context, as hearth's Perplexity() does), and "window_mean_nll".
+//
 // Usage: node gguf_llama_cpp.mjs <request.json> [--node-modules DIR]
 // Exit code 3: node-llama-cpp or @lenml/tokenizers is not installed (skip).
 import fs from "node:fs";
@@ -98,6 +102,49 @@ async function main() {
     }
     fs.writeFileSync(request.logits_out, Buffer.from(logits.buffer));
     result.evaluated = request.evaluate.length;
+    await context.dispose();
+  }
+  if (request.windows && request.windows.length > 0) {
+    // Held-out perplexity from llama.cpp's own logits: each window from an
+    // empty context; every position but the last predicts the next token.
+    const size = Math.max(...request.windows.map((w) => w.length));
+    const context = await model.createContext({
+      contextSize: size,
+      batchSize: size,
+      threads: 2,
+      flashAttention: false,
+      experimentalKvCacheKeyType: "F32",
+      experimentalKvCacheValueType: "F32",
+    });
+    const sequence = context.getSequence();
+    let nll = 0;
+    let count = 0;
+    const nllPerWindow = [];
+    for (const window of request.windows) {
+      await sequence.clearHistory();
+      const input = window.map((id, i) =>
+        i + 1 < window.length ? [id, { generateNext: { logits: true } }] : id,
+      );
+      const out = await sequence.controlledEvaluate(input);
+      let windowNll = 0;
+      for (let i = 0; i + 1 < window.length; ++i) {
+        const m = out[i]?.next?.logits;
+        if (!m) throw new Error(`no logits for window position ${i}`);
+        let max = -Infinity;
+        for (const [, v] of m) max = Math.max(max, v);
+        let sum = 0;
+        for (const [, v] of m) sum += Math.exp(v - max);
+        const target = m.get(window[i + 1]);
+        if (target === undefined) throw new Error(`no logit for token ${window[i + 1]}`);
+        windowNll += Math.log(sum) + max - target;
+      }
+      nllPerWindow.push(windowNll / (window.length - 1));
+      nll += windowNll;
+      count += window.length - 1;
+    }
+    result.perplexity = Math.exp(nll / count);
+    result.window_mean_nll = nllPerWindow;
+    result.evaluated_positions = count;
     await context.dispose();
   }
   await model.dispose();

@@ -23,6 +23,7 @@
 #include "hearth/v1/generation.grpc.pb.h"
 #include "hearth/v1/distillation.grpc.pb.h"  // train / distill
 #include "services/gateway/api_keys.h"
+#include "tools/hearth/quantize_command.h"
 
 ABSL_FLAG(std::string, addr, "localhost:8001", "gateway address (host:port)");
 ABSL_FLAG(std::string, api_key, "",
@@ -360,6 +361,10 @@ const std::map<std::string, Command>& Commands() {
       {"train", {"train a model: hearth train --spec=job.json [--local]", RunTrain}},
       {"distill",
        {"distill a student: hearth distill --spec=job.json [--local]", RunDistill}},
+      {"quantize",
+       {"quantize a model: hearth quantize --model=M --method=gptq --bits=4 "
+        "[--local]",
+        hearth::cli::RunQuantize}},
   };
   return *commands;
 }
