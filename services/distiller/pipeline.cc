@@ -238,6 +238,18 @@ void AddSamples(model::LlamaForCausalLM& m, const tokenizer::Tokenizer& tok,
     (*entry)["sample"] = text;
 }
 
+// A finished stage's folder holds its model, stage.json (its report entry) and
+// a DONE marker written last.
+absl::Status MarkStageDone(const std::string& final_dir, const Json& report) {
+  RETURN_IF_ERROR_(WriteFileAtomic(final_dir + "/stage.json", report.dump(2)));
+  return WriteFileAtomic(final_dir + "/DONE", "");
+}
+
+Json StageReport(const std::string& final_dir) {
+  std::ifstream in(final_dir + "/stage.json");
+  return Json::parse(in, nullptr, false);
+}
+
 // Copies the tokenizer files next to `tok_src` (a folder or a tokenizer.json)
 // into out_dir.
 absl::Status CopyTokenizerFiles(const std::string& tok_src,
@@ -336,8 +348,7 @@ absl::StatusOr<PipelineResult> RunTaskPipeline(
       auto c = LoadClassifierStage(final_dir);
       if (!c.ok()) return c.status();
       stages[i] = std::move(*c);
-      std::ifstream in(final_dir + "/stage.json");
-      reports[i] = Json::parse(in, nullptr, false);
+      reports[i] = StageReport(final_dir);
       continue;
     }
     std::error_code ec;
@@ -386,9 +397,7 @@ absl::StatusOr<PipelineResult> RunTaskPipeline(
                       {"train_wall_seconds", r->wall_seconds},
                       {"resumed", r->resumed}};
     RETURN_IF_ERROR_(SaveClassifierStage(**c, final_dir));
-    RETURN_IF_ERROR_(
-        WriteFileAtomic(final_dir + "/stage.json", reports[i].dump(2)));
-    RETURN_IF_ERROR_(WriteFileAtomic(final_dir + "/DONE", ""));
+    RETURN_IF_ERROR_(MarkStageDone(final_dir, reports[i]));
     stages[i] = std::move(*c);
   }
 
@@ -861,8 +870,7 @@ absl::StatusOr<PipelineResult> RunPipeline(
       auto m = model::LoadModel(final_dir);
       if (!m.ok()) return m.status();
       models[i] = *m;
-      std::ifstream in(final_dir + "/stage.json");
-      stage_reports[i] = Json::parse(in, nullptr, false);
+      stage_reports[i] = StageReport(final_dir);
       continue;
     }
     std::error_code ec;
@@ -904,9 +912,7 @@ absl::StatusOr<PipelineResult> RunPipeline(
                             {"train_wall_seconds", r->wall_seconds},
                             {"resumed", r->resumed}};
     RETURN_IF_ERROR_(model::SaveModel(**m, final_dir));
-    RETURN_IF_ERROR_(
-        WriteFileAtomic(final_dir + "/stage.json", stage_reports[i].dump(2)));
-    RETURN_IF_ERROR_(WriteFileAtomic(final_dir + "/DONE", ""));
+    RETURN_IF_ERROR_(MarkStageDone(final_dir, stage_reports[i]));
   }
 
   // Output folder.
