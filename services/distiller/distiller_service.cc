@@ -92,10 +92,16 @@ void RegisterDistillationRunner(jobs::JobManager* manager,
     if (result->cancelled)
       return absl::CancelledError("cancelled; checkpoint kept");
     std::map<std::string, double> final_metrics;
+    // Perplexity for language-model jobs, accuracy for TASK jobs.
     for (const char* who : {"teacher", "student", "scratch_student", "model"}) {
-      if (result->report.contains(who)) {
-        final_metrics[absl::StrCat(who, "_perplexity")] =
-            result->report[who]["heldout_perplexity"].get<double>();
+      if (!result->report.contains(who)) continue;
+      const auto& entry = result->report[who];
+      for (const char* metric : {"heldout_perplexity", "accuracy"}) {
+        if (entry.contains(metric) && entry[metric].is_number()) {
+          final_metrics[absl::StrCat(
+              who, metric[0] == 'h' ? "_perplexity" : "_accuracy")] =
+              entry[metric].get<double>();
+        }
       }
     }
     ctx.ReportProgress(1.0, "done", final_metrics);

@@ -13,6 +13,7 @@
 #include "common/model/model_loader.h"
 #include "common/tokenizer/tokenizer.h"
 #include "services/distiller/bpe_trainer.h"
+#include "services/distiller/task.h"
 
 namespace hearth::distiller {
 namespace {
@@ -183,20 +184,18 @@ struct Stage {
   bool report_as_scratch = false;
 };
 
-// Greedy continuation and decode speed (batch 1, KV cache).
+// A continuation of `prompt` and its decode speed (batch 1, KV cache): greedy
+// when params.temperature is 0, else seeded sampling.
 absl::Status Sample(model::LlamaForCausalLM& m, const tokenizer::Tokenizer& tok,
-                    const std::string& prompt, int64_t new_tokens,
-                    std::string* text, double* tokens_per_second) {
+                    const std::string& prompt,
+                    const model::SamplingParams& params, std::string* text,
+                    double* tokens_per_second) {
   auto ids = tok.Encode(prompt, /*add_special_tokens=*/true);
   if (!ids.ok()) return ids.status();
   std::vector<int64_t> p(ids->begin(), ids->end());
   auto cache =
       model::KvCache::Create(m.CacheDims(), model::KvCacheOptions{1024, 16});
   if (!cache.ok()) return cache.status();
-  model::SamplingParams params;
-  params.max_new_tokens = new_tokens;
-  params.temperature = 0;
-  params.ignore_eos = true;
   const double t0 = Now();
   auto out = model::Generate(m, **cache, {p}, params);
   const double dt = Now() - t0;
@@ -206,6 +205,256 @@ absl::Status Sample(model::LlamaForCausalLM& m, const tokenizer::Tokenizer& tok,
   auto decoded = tok.Decode(gen, /*skip_special_tokens=*/true);
   if (!decoded.ok()) return decoded.status();
   *text = prompt + *decoded;
+  return absl::OkStatus();
+}
+
+// The report's samples: "sample" as a worker would serve it with the output's
+// generation_config.json (greedy unless it says do_sample), "sample_greedy"
+// plain greedy (its speed is decode_tokens_per_second), and "sample_sampled"
+// seeded sampling with the config's temperature / top-p / penalty.
+void AddSamples(model::LlamaForCausalLM& m, const tokenizer::Tokenizer& tok,
+                const std::string& prompt, const formats::GenerationConfig& g,
+                nlohmann::json* entry) {
+  model::SamplingParams greedy;
+  greedy.max_new_tokens = 48;
+  greedy.temperature = 0;
+  greedy.ignore_eos = true;
+  model::SamplingParams sampled = greedy;
+  sampled.temperature = g.temperature;
+  sampled.top_p = g.top_p;
+  sampled.repetition_penalty = g.repetition_penalty;
+  sampled.seed = 1;
+  model::SamplingParams served = g.do_sample ? sampled : greedy;
+  served.repetition_penalty = g.repetition_penalty;
+  std::string text;
+  double tps = 0;
+  if (Sample(m, tok, prompt, greedy, &text, &tps).ok()) {
+    (*entry)["decode_tokens_per_second"] = tps;
+    (*entry)["sample_greedy"] = text;
+  }
+  if (Sample(m, tok, prompt, sampled, &text, &tps).ok())
+    (*entry)["sample_sampled"] = text;
+  if (Sample(m, tok, prompt, served, &text, &tps).ok())
+    (*entry)["sample"] = text;
+}
+
+// A finished stage's folder holds its model, stage.json (its report entry) and
+// a DONE marker written last.
+absl::Status MarkStageDone(const std::string& final_dir, const Json& report) {
+  RETURN_IF_ERROR_(WriteFileAtomic(final_dir + "/stage.json", report.dump(2)));
+  return WriteFileAtomic(final_dir + "/DONE", "");
+}
+
+Json StageReport(const std::string& final_dir) {
+  std::ifstream in(final_dir + "/stage.json");
+  return Json::parse(in, nullptr, false);
+}
+
+// Copies the tokenizer files next to `tok_src` (a folder or a tokenizer.json)
+// into out_dir.
+absl::Status CopyTokenizerFiles(const std::string& tok_src,
+                                const std::string& out_dir) {
+  const std::string tok_dir = fs::is_directory(tok_src)
+                                  ? tok_src
+                                  : fs::path(tok_src).parent_path().string();
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json",
+                        "tokenizer.model", "special_tokens_map.json"}) {
+    if (fs::exists(tok_dir + "/" + f))
+      RETURN_IF_ERROR_(CopyFile(tok_dir + "/" + f, out_dir + "/" + f));
+  }
+  return absl::OkStatus();
+}
+
+nlohmann::json HyperparametersJson(const TrainerOptions& o) {
+  return Json{{"learning_rate", o.learning_rate},
+              {"total_steps", o.total_steps},
+              {"warmup_steps", o.warmup_steps},
+              {"batch_size", o.batch_size},
+              {"gradient_accumulation", o.gradient_accumulation},
+              {"weight_decay", o.weight_decay},
+              {"max_grad_norm", o.max_grad_norm},
+              {"temperature", o.loss.temperature},
+              {"alpha", o.loss.alpha},
+              {"feature_weight", o.loss.feature_weight},
+              {"attention_loss", o.loss.attention_loss},
+              {"seed", o.seed}};
+}
+
+// Trainer progress of stage `index` of `count`, as pipeline progress.
+ProgressCallback StageProgress(
+    const std::function<void(const PipelineProgress&)>& on_progress,
+    const std::string& name, size_t index, size_t count) {
+  return [on_progress, name, index, count](const TrainerProgress& tp) {
+    if (!on_progress) return;
+    PipelineProgress pp;
+    pp.stage = name;
+    pp.stage_index = static_cast<int>(index);
+    pp.num_stages = static_cast<int>(count);
+    pp.trainer = tp;
+    pp.fraction =
+        (index + static_cast<double>(tp.step) / tp.total_steps) / count;
+    on_progress(pp);
+  };
+}
+
+// DISTILLATION_METHOD_TASK: stages "teacher" (the teacher LM's trunk plus a new
+// head, fine-tuned on the task), "student" (a student-shaped trunk trained on
+// the teacher's class logits and the labels) and "scratch" (the same initial
+// weights and steps, labels only).
+absl::StatusOr<PipelineResult> RunTaskPipeline(
+    const JobSpec& spec, const PipelineEnv& env, const std::string& tok_src,
+    const tokenizer::Tokenizer& tok,
+    const std::function<void(const PipelineProgress&)>& on_progress,
+    const CancelPredicate& cancelled, double t_start) {
+  const std::string data_field =
+      spec.text_file.empty() ? "data.corpus" : "data.text_file";
+  auto data = ReadLabelledTsv(ResolveCorpus(spec, env), spec.heldout_fraction,
+                              data_field);
+  if (!data.ok()) return data.status();
+  const int64_t num_labels = static_cast<int64_t>(data->label_names.size());
+  if (spec.num_labels != 0 && spec.num_labels != num_labels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task.num_labels: ", spec.num_labels, " but ", data_field,
+                     " has ", num_labels, " labels"));
+  }
+  auto train = EncodeExamples(data->train, tok, spec.sequence_length);
+  if (!train.ok()) return train.status();
+  auto test = EncodeExamples(data->test, tok, spec.sequence_length);
+  if (!test.ok()) return test.status();
+  const int64_t pad = std::max(tok.eos_id(), 0);
+
+  auto teacher_lm = model::LoadModel(ResolveModel(env, spec.teacher_model));
+  if (!teacher_lm.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("teacher_model: ", teacher_lm.status().message()));
+  }
+  formats::LlamaConfig base = (*teacher_lm)->config();
+  base.torch_dtype = "float32";
+  if (tok.vocab_size() > base.vocab_size) {
+    return absl::InvalidArgumentError(
+        "data.tokenizer: incompatible vocabularies");
+  }
+  auto student_config = StudentConfig(base, spec.student, "student");
+  if (!student_config.ok()) return student_config.status();
+
+  const std::vector<std::string> names = {"teacher", "student", "scratch"};
+  std::vector<std::unique_ptr<SequenceClassifier>> stages(names.size());
+  std::vector<Json> reports(names.size());
+  PipelineResult result;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string dir = env.checkpoint_dir + "/" + names[i];
+    const std::string final_dir = dir + "/final";
+    if (fs::exists(final_dir + "/DONE")) {
+      auto c = LoadClassifierStage(final_dir);
+      if (!c.ok()) return c.status();
+      stages[i] = std::move(*c);
+      reports[i] = StageReport(final_dir);
+      continue;
+    }
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    std::shared_ptr<model::LlamaForCausalLM> trunk;
+    if (i == 0) {
+      trunk = *teacher_lm;
+    } else {
+      // KD and scratch students start from the same weights.
+      auto m =
+          model::MakeRandomModel(*student_config, spec.trainer.seed * 1000 + 7);
+      if (!m.ok()) return m.status();
+      trunk = *m;
+      if (!spec.student.init_from_teacher_layers.empty()) {
+        RETURN_IF_ERROR_(InitFromTeacherLayers(
+            **teacher_lm, *trunk, spec.student.init_from_teacher_layers));
+      }
+    }
+    auto c = SequenceClassifier::Create(trunk, num_labels,
+                                        spec.trainer.seed + (i == 0 ? 1 : 2));
+    if (!c.ok()) return c.status();
+    TrainerOptions topts = spec.trainer;
+    topts.checkpoint_dir = dir;
+    SequenceClassifier* teacher = i == 1 ? stages[0].get() : nullptr;
+    auto r = TrainClassifier(
+        topts, **c, teacher, *train, pad,
+        StageProgress(on_progress, names[i], i, names.size()), cancelled);
+    if (!r.ok()) return r.status();
+    if (r->cancelled) {
+      result.cancelled = true;
+      return result;
+    }
+    auto eval = EvaluateClassifier(**c, *test, pad, spec.trainer.batch_size);
+    if (!eval.ok()) return eval.status();
+    auto train_eval =
+        EvaluateClassifier(**c, *train, pad, spec.trainer.batch_size);
+    if (!train_eval.ok()) return train_eval.status();
+    reports[i] = Json{{"stage", names[i]},
+                      {"parameters", (*c)->NumParameters()},
+                      {"accuracy", eval->accuracy},
+                      {"test_loss", eval->loss},
+                      {"train_accuracy", train_eval->accuracy},
+                      {"first_train_loss", r->first_loss},
+                      {"final_train_loss", r->final_loss},
+                      {"steps", r->steps},
+                      {"train_wall_seconds", r->wall_seconds},
+                      {"resumed", r->resumed}};
+    RETURN_IF_ERROR_(SaveClassifierStage(**c, final_dir));
+    RETURN_IF_ERROR_(MarkStageDone(final_dir, reports[i]));
+    stages[i] = std::move(*c);
+  }
+
+  const std::string out_dir = env.model_repository + "/" + spec.output_name;
+  RETURN_IF_ERROR_(
+      SaveClassifierHf(*stages[1], data->label_names, pad, out_dir));
+  RETURN_IF_ERROR_(CopyTokenizerFiles(tok_src, out_dir));
+  std::vector<int64_t> per_label(num_labels, 0);
+  for (const auto& e : data->test) ++per_label[e.label];
+  const double majority = static_cast<double>(*std::max_element(
+                              per_label.begin(), per_label.end())) /
+                          data->test.size();
+  Json report;
+  report["method"] = MethodToName(spec.method);
+  report["output"] = spec.output_name;
+  report["task"] = Json{{"name", spec.task_name},
+                        {"file", ResolveCorpus(spec, env)},
+                        {"labels", data->label_names},
+                        {"num_labels", num_labels},
+                        {"train_examples", data->train.size()},
+                        {"test_examples", data->test.size()},
+                        {"max_tokens", spec.sequence_length},
+                        {"majority_class_accuracy", majority}};
+  report["hyperparameters"] = HyperparametersJson(spec.trainer);
+  report["teacher"] = reports[0];
+  report["teacher"]["name"] = spec.teacher_model;
+  report["student"] = reports[1];
+  report["scratch_student"] = reports[2];
+  report["kd_beats_scratch"] = reports[1]["accuracy"].get<double>() >
+                               reports[2]["accuracy"].get<double>();
+  report["wall_seconds_this_run"] = Now() - t_start;
+  RETURN_IF_ERROR_(
+      WriteFileAtomic(out_dir + "/distill_report.json", report.dump(2) + "\n"));
+  result.output_dir = out_dir;
+  result.report_path = out_dir + "/distill_report.json";
+  result.report = report;
+  return result;
+}
+
+// The student's tokenizer must be the teacher's token for token: KD compares
+// distributions over the same ids.
+absl::Status CheckSameVocabulary(const tokenizer::Tokenizer& teacher,
+                                 const tokenizer::Tokenizer& data) {
+  if (teacher.vocab_size() != data.vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.tokenizer: incompatible vocabularies: ", data.vocab_size(),
+        " tokens, the teacher's tokenizer has ", teacher.vocab_size()));
+  }
+  for (int32_t id = 0; id < teacher.vocab_size(); ++id) {
+    auto x = teacher.Decode({id}, /*skip_special_tokens=*/false);
+    auto y = data.Decode({id}, /*skip_special_tokens=*/false);
+    if (x.ok() != y.ok() || (x.ok() && *x != *y)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data.tokenizer: incompatible vocabularies: token ", id,
+                       " differs from the teacher's"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -312,7 +561,11 @@ absl::StatusOr<JobSpec> ParseJobSpec(const std::string& json_text) {
   if (t.learning_rate < 0)
     return absl::InvalidArgumentError("optimizer.learning_rate: must be > 0");
   if (t.learning_rate == 0) t.learning_rate = 1e-3;
-  if (t.total_steps < 0)
+  // total_steps, temperature and alpha have explicit presence in the proto
+  // (`optional`): absent takes the default, a present 0 is an error.
+  const bool has_steps =
+      j.contains("optimizer") && j["optimizer"].contains("total_steps");
+  if (t.total_steps < 0 || (has_steps && t.total_steps == 0))
     return absl::InvalidArgumentError("optimizer.total_steps: must be > 0");
   if (t.total_steps == 0) t.total_steps = 1000;
   if (t.batch_size < 0)
@@ -322,10 +575,11 @@ absl::StatusOr<JobSpec> ParseJobSpec(const std::string& json_text) {
   if (t.warmup_steps < 0) t.warmup_steps = t.total_steps / 20;
   double temperature = 0;
   RETURN_IF_ERROR_(ReadDouble(j, "temperature", "temperature", &temperature));
-  if (temperature < 0 || !std::isfinite(temperature)) {
+  if (j.contains("temperature") &&
+      (!(temperature > 0) || !std::isfinite(temperature))) {
     return absl::InvalidArgumentError("temperature: must be > 0");
   }
-  t.loss.temperature = temperature == 0 ? 2.0 : temperature;
+  t.loss.temperature = j.contains("temperature") ? temperature : 2.0;
   double alpha = 0;
   RETURN_IF_ERROR_(ReadDouble(j, "alpha", "alpha", &alpha));
   // An omitted alpha (proto3 default 0) would silently turn KD off; it means
@@ -371,6 +625,43 @@ absl::StatusOr<JobSpec> ParseJobSpec(const std::string& json_text) {
       ReadString(j, "output_dtype", "output_dtype", &spec.output_dtype));
   RETURN_IF_ERROR_(
       ReadString(j, "sample_prompt", "sample_prompt", &spec.sample_prompt));
+  if (j.contains("generation")) {
+    const Json& g = j["generation"];
+    formats::GenerationConfig& gen = spec.generation;
+    if (!g.is_object())
+      return absl::InvalidArgumentError("generation: must be an object");
+    RETURN_IF_ERROR_(
+        ReadBool(g, "do_sample", "generation.do_sample", &gen.do_sample));
+    RETURN_IF_ERROR_(ReadDouble(g, "temperature", "generation.temperature",
+                                &gen.temperature));
+    RETURN_IF_ERROR_(ReadDouble(g, "top_p", "generation.top_p", &gen.top_p));
+    RETURN_IF_ERROR_(ReadInt(g, "top_k", "generation.top_k", &gen.top_k));
+    RETURN_IF_ERROR_(ReadDouble(g, "repetition_penalty",
+                                "generation.repetition_penalty",
+                                &gen.repetition_penalty));
+    if (!(gen.temperature > 0) || !std::isfinite(gen.temperature))
+      return absl::InvalidArgumentError("generation.temperature: must be > 0");
+    if (!(gen.top_p > 0 && gen.top_p <= 1))
+      return absl::InvalidArgumentError("generation.top_p: must be in (0, 1]");
+    if (gen.top_k < 0)
+      return absl::InvalidArgumentError("generation.top_k: must be >= 0");
+    if (!(gen.repetition_penalty > 0) ||
+        !std::isfinite(gen.repetition_penalty)) {
+      return absl::InvalidArgumentError(
+          "generation.repetition_penalty: must be > 0");
+    }
+  }
+  if (j.contains("task")) {
+    const Json& task = j["task"];
+    if (!task.is_object())
+      return absl::InvalidArgumentError("task: must be an object");
+    RETURN_IF_ERROR_(ReadString(task, "name", "task.name", &spec.task_name));
+    RETURN_IF_ERROR_(
+        ReadInt(task, "num_labels", "task.num_labels", &spec.num_labels));
+    if (spec.num_labels < 0 || spec.num_labels == 1)
+      return absl::InvalidArgumentError(
+          "task.num_labels: must be >= 2 (0 = from the data)");
+  }
   int64_t threads = 0;
   RETURN_IF_ERROR_(ReadInt(j, "threads", "threads", &threads));
   spec.threads = static_cast<int>(threads);
@@ -387,8 +678,8 @@ absl::StatusOr<JobSpec> ParseJobSpec(const std::string& json_text) {
         "output_dtype: float32, bfloat16 or float16");
   }
   if (spec.method == Method::kTask) {
-    return absl::UnimplementedError(
-        "method: DISTILLATION_METHOD_TASK is not implemented yet");
+    // Accuracy is reported for teacher, KD student and scratch student.
+    spec.scratch_baseline = true;
   }
   if (spec.method == Method::kTrain) {
     const StudentShape& s = spec.student;
@@ -423,9 +714,9 @@ absl::Status CheckJobInputs(const JobSpec& spec, const PipelineEnv& env) {
   if (spec.method != Method::kTrain) {
     const std::string teacher = ResolveModel(env, spec.teacher_model);
     if (!fs::exists(teacher + "/config.json")) {
-      return absl::NotFoundError(absl::StrCat("teacher_model: no model '",
-                                              spec.teacher_model,
-                                              "' in the repository"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("teacher_model: no model '", spec.teacher_model,
+                       "' in the repository"));
     }
   }
   const std::string tok = TokenizerSource(spec, env);
@@ -448,11 +739,11 @@ absl::Status CheckJobInputs(const JobSpec& spec, const PipelineEnv& env) {
   if (spec.method != Method::kTrain && !spec.tokenizer.empty()) {
     auto a = tokenizer::LoadTokenizer(tok);
     auto b = tokenizer::LoadTokenizer(ResolveModel(env, spec.teacher_model));
-    if (a.ok() && b.ok() && (*a)->vocab_size() != (*b)->vocab_size()) {
+    if (!a.ok()) {
       return absl::InvalidArgumentError(
-          "data.tokenizer: incompatible vocabularies (the teacher's tokenizer "
-          "differs)");
+          absl::StrCat("data.tokenizer: ", a.status().message()));
     }
+    if (b.ok()) RETURN_IF_ERROR_(CheckSameVocabulary(**b, **a));
   }
   return absl::OkStatus();
 }
@@ -469,6 +760,10 @@ absl::StatusOr<PipelineResult> RunPipeline(
   if (!tok.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("data.tokenizer: ", tok.status().message()));
+  }
+  if (spec.method == Method::kTask) {
+    return RunTaskPipeline(spec, env, tok_src, **tok, on_progress, cancelled,
+                           t_start);
   }
   auto docs = ReadDocuments(ResolveCorpus(spec, env));
   if (!docs.ok()) return docs.status();
@@ -575,8 +870,7 @@ absl::StatusOr<PipelineResult> RunPipeline(
       auto m = model::LoadModel(final_dir);
       if (!m.ok()) return m.status();
       models[i] = *m;
-      std::ifstream in(final_dir + "/stage.json");
-      stage_reports[i] = Json::parse(in, nullptr, false);
+      stage_reports[i] = StageReport(final_dir);
       continue;
     }
     std::error_code ec;
@@ -600,18 +894,8 @@ absl::StatusOr<PipelineResult> RunPipeline(
         spec.trainer.seed;  // Same data order for every stage: same tokens.
     auto trainer = Trainer::Create(topts, *m, stage_teacher, &*corpus);
     if (!trainer.ok()) return trainer.status();
-    auto progress = [&](const TrainerProgress& tp) {
-      if (!on_progress) return;
-      PipelineProgress pp;
-      pp.stage = st.name;
-      pp.stage_index = static_cast<int>(i);
-      pp.num_stages = static_cast<int>(stages.size());
-      pp.trainer = tp;
-      pp.fraction =
-          (i + static_cast<double>(tp.step) / tp.total_steps) / stages.size();
-      on_progress(pp);
-    };
-    auto r = (*trainer)->Run(progress, cancelled);
+    auto r = (*trainer)->Run(
+        StageProgress(on_progress, st.name, i, stages.size()), cancelled);
     if (!r.ok()) return r.status();
     if (r->cancelled) {
       result.cancelled = true;
@@ -628,9 +912,7 @@ absl::StatusOr<PipelineResult> RunPipeline(
                             {"train_wall_seconds", r->wall_seconds},
                             {"resumed", r->resumed}};
     RETURN_IF_ERROR_(model::SaveModel(**m, final_dir));
-    RETURN_IF_ERROR_(
-        WriteFileAtomic(final_dir + "/stage.json", stage_reports[i].dump(2)));
-    RETURN_IF_ERROR_(WriteFileAtomic(final_dir + "/DONE", ""));
+    RETURN_IF_ERROR_(MarkStageDone(final_dir, stage_reports[i]));
   }
 
   // Output folder.
@@ -640,15 +922,8 @@ absl::StatusOr<PipelineResult> RunPipeline(
   if (spec.output_dtype == "bfloat16") sopts.dtype = at::kBFloat16;
   if (spec.output_dtype == "float16") sopts.dtype = at::kHalf;
   RETURN_IF_ERROR_(model::SaveModel(out_model, out_dir, sopts));
-  const std::string tok_dir = fs::is_directory(tok_src)
-                                  ? tok_src
-                                  : fs::path(tok_src).parent_path().string();
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json",
-                        "tokenizer.model", "special_tokens_map.json"}) {
-    if (fs::exists(tok_dir + "/" + f))
-      RETURN_IF_ERROR_(CopyFile(tok_dir + "/" + f, out_dir + "/" + f));
-  }
-  formats::GenerationConfig gen;
+  RETURN_IF_ERROR_(CopyTokenizerFiles(tok_src, out_dir));
+  formats::GenerationConfig gen = spec.generation;
   gen.bos_token_id = out_model.config().bos_token_id;
   gen.eos_token_ids = out_model.config().eos_token_ids;
   if (gen.eos_token_ids.empty())
@@ -672,13 +947,7 @@ absl::StatusOr<PipelineResult> RunPipeline(
                                  o.eval_sequences, o.batch_size);
     if (!ppl.ok()) return ppl.status();
     entry["heldout_perplexity"] = *ppl;
-    std::string text;
-    double tps = 0;
-    if (absl::Status s = Sample(m, **tok, spec.sample_prompt, 48, &text, &tps);
-        s.ok()) {
-      entry["decode_tokens_per_second"] = tps;
-      entry["sample"] = text;
-    }
+    AddSamples(m, **tok, spec.sample_prompt, spec.generation, &entry);
     return entry;
   };
   Json report;
@@ -691,19 +960,9 @@ absl::StatusOr<PipelineResult> RunPipeline(
                           {"heldout_tokens", corpus->heldout.size()},
                           {"eval_sequences", o.eval_sequences},
                           {"sequence_length", o.seq_len}};
-  report["hyperparameters"] =
-      Json{{"learning_rate", o.learning_rate},
-           {"total_steps", o.total_steps},
-           {"warmup_steps", o.warmup_steps},
-           {"batch_size", o.batch_size},
-           {"gradient_accumulation", o.gradient_accumulation},
-           {"weight_decay", o.weight_decay},
-           {"max_grad_norm", o.max_grad_norm},
-           {"temperature", o.loss.temperature},
-           {"alpha", o.loss.alpha},
-           {"feature_weight", o.loss.feature_weight},
-           {"attention_loss", o.loss.attention_loss},
-           {"seed", o.seed}};
+  report["hyperparameters"] = HyperparametersJson(o);
+  report["generation_config"] =
+      Json::parse(formats::GenerationConfigToJson(gen), nullptr, false);
   if (teacher) {
     auto e = describe(*teacher, Json{{"name", spec.teacher_model}});
     if (!e.ok()) return e.status();

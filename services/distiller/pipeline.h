@@ -7,11 +7,19 @@
 // run with its own checkpoint folder under `checkpoint_dir`:
 //
 //   TRAIN        model                    (no teacher; how teachers are made)
-//   SOFT_TARGET  student [+ scratch]      (KD; scratch = same shape, no
-//   teacher) FEATURE      student [+ scratch]      (KD + hidden-state /
-//   attention loss) SELF         student [+ scratch]      (student shape =
-//   teacher shape) PROGRESSIVE  assistant0 .. student    (each stage's teacher
-//   is the previous)
+//   SOFT_TARGET  student [+ scratch]      (KD; scratch = same shape and init,
+//                                          no teacher)
+//   FEATURE      student [+ scratch]      (KD + hidden-state / attention loss)
+//   SELF         student [+ scratch]      (student shape = teacher shape)
+//   PROGRESSIVE  assistant0 .. student    (each stage's teacher is the
+//                                          previous)
+//   TASK         teacher, student, scratch (sequence classification on a
+//                                          labelled file, task.h: the teacher
+//                                          LM fine-tuned with a head, a KD
+//                                          student on its class logits, and a
+//                                          labels-only student; the output is
+//                                          a LlamaForSequenceClassification
+//                                          folder, the report has accuracies)
 //
 // A finished stage leaves its model in <stage>/final with a DONE marker, so a
 // resumed job skips it and continues the first unfinished stage from its
@@ -28,6 +36,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/formats/hf_config.h"
 #include "nlohmann/json.hpp"
 #include "services/distiller/losses.h"
 #include "services/distiller/student.h"
@@ -56,7 +65,17 @@ struct JobSpec {
   int64_t max_position_embeddings = 0;  // TRAIN: 0 = sequence_length.
   std::string output_dtype = "float32";
   std::string sample_prompt = "And God said";
+  // Sampling defaults written to the output's generation_config.json (what a
+  // worker serving the model uses when a request leaves them unset); the
+  // report's samples are generated with them. Spec JSON "generation":
+  // {do_sample, temperature, top_p, top_k, repetition_penalty}.
+  formats::GenerationConfig generation;
   int threads = 0;  // 0 = leave libtorch's setting alone.
+  // TASK: data is a "label<TAB>text" file (data.text_file or data.corpus);
+  // sequence_length caps the tokens per example; heldout_fraction is the test
+  // split. num_labels 0 = from the data.
+  std::string task_name;
+  int64_t num_labels = 0;
 };
 
 // Parses and validates spec JSON; INVALID_ARGUMENT naming the field.
@@ -83,7 +102,7 @@ struct PipelineResult {
 };
 
 // Checks what needs the repository (teacher exists, tokenizer, corpus, vocab):
-// NOT_FOUND for a missing teacher, INVALID_ARGUMENT naming the field otherwise.
+// INVALID_ARGUMENT naming the field (a missing teacher is "teacher_model").
 absl::Status CheckJobInputs(const JobSpec& spec, const PipelineEnv& env);
 
 absl::StatusOr<PipelineResult> RunPipeline(

@@ -35,6 +35,16 @@ TEST(PipelineTest, DefaultsForProto3Zeros) {
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->trainer.seed, 12345678901u);
   EXPECT_EQ(spec->trainer.loss.alpha, 0.25);
+  // An explicit alpha 0 (labels only) is kept, not replaced by the default.
+  spec = ParseJobSpec(Spec(R"(, "alpha": 0)"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->trainer.loss.alpha, 0.0);
+  spec = ParseJobSpec(Spec(R"(, "generation": {"repetition_penalty": 1.3,
+                                 "do_sample": true, "temperature": 0.7})"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->generation.repetition_penalty, 1.3);
+  EXPECT_TRUE(spec->generation.do_sample);
+  EXPECT_EQ(spec->generation.temperature, 0.7);
 }
 
 TEST(PipelineTest, BadSpecsNameTheField) {
@@ -42,6 +52,18 @@ TEST(PipelineTest, BadSpecsNameTheField) {
                 "optimizer.learning_rate");
   ExpectInvalid(Spec(R"(, "temperature": -1)"), "temperature");
   ExpectInvalid(Spec(R"(, "alpha": 1.5)"), "alpha");
+  ExpectInvalid(Spec(R"(, "alpha": -0.1)"), "alpha");
+  // Explicit zeros (proto3 `optional` fields keep them) are errors, not the
+  // defaults an omitted field gets.
+  ExpectInvalid(Spec(R"(, "temperature": 0)"), "temperature");
+  ExpectInvalid(Spec(R"(, "optimizer": {"total_steps": 0})"),
+                "optimizer.total_steps");
+  ExpectInvalid(Spec(R"(, "generation": {"repetition_penalty": 0})"),
+                "generation.repetition_penalty");
+  ExpectInvalid(Spec(R"(, "generation": {"top_p": 1.5})"), "generation.top_p");
+  ExpectInvalid(Spec(R"(, "method": "DISTILLATION_METHOD_TASK",
+                        "task": {"num_labels": 1})"),
+                "task.num_labels");
   ExpectInvalid(
       Spec(R"(, "data": {"text_file": "c", "heldout_fraction": 0.9})"),
       "data.heldout_fraction");
@@ -76,7 +98,10 @@ TEST(PipelineTest, InputsAreChecked) {
                                "data": {"text_file": ")" +
       root + R"(/empty.txt"}})");
   ASSERT_TRUE(spec.ok()) << spec.status();
-  EXPECT_EQ(CheckJobInputs(*spec, env).code(), absl::StatusCode::kNotFound);
+  absl::Status missing = CheckJobInputs(*spec, env);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.message().find("teacher_model"), std::string::npos)
+      << missing;
 
   spec->teacher_model = "t";
   absl::Status s = CheckJobInputs(*spec, env);
@@ -153,6 +178,34 @@ TEST_F(PipelineMethodsTest, AllMethods) {
           "teacher");
   ASSERT_TRUE(teacher.ok()) << teacher.status();
   EXPECT_TRUE(teacher->report.contains("model"));
+
+  // Incompatible vocabularies: another size, or the same size with other
+  // tokens (a tokenizer trained on other text).
+  {
+    std::vector<std::string> other = {
+        "Zebras quickly jumped over fuzzy wizards while jovial quartz vexed "
+        "them; zebras, wizards and quartz again and again."};
+    std::vector<std::string_view> views(other.begin(), other.end());
+    for (int size : {280, 300}) {
+      BpeTrainerOptions options;
+      options.vocab_size = size;
+      auto vocab = TrainBpe(views, options);
+      ASSERT_TRUE(vocab.ok()) << vocab.status();
+      const std::string name = "other" + std::to_string(size);
+      ASSERT_TRUE(
+          WriteTokenizer(*vocab, options, *root_ + "/models/" + name).ok());
+      auto spec = ParseJobSpec(
+          R"({"method": "DISTILLATION_METHOD_SOFT_TARGET", "teacher_model": "teacher",
+              "output_name": "x", "data": {"text_file": ")" +
+          *root_ + R"(/corpus.txt", "tokenizer": ")" + name + R"("}})");
+      ASSERT_TRUE(spec.ok()) << spec.status();
+      absl::Status s = CheckJobInputs(*spec, {*root_ + "/models", ""});
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << size;
+      EXPECT_NE(s.message().find("data.tokenizer: incompatible vocabularies"),
+                std::string::npos)
+          << s;
+    }
+  }
 
   auto feature = Run(
       R"({"method": "DISTILLATION_METHOD_FEATURE", "teacher_model": "teacher",

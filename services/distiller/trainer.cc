@@ -32,8 +32,9 @@ double Seconds(Clock::time_point from) {
   return std::chrono::duration<double>(Clock::now() - from).count();
 }
 
-// Cosine schedule with linear warmup; `step` is 0-based.
-double LearningRate(const TrainerOptions& o, int64_t step) {
+}  // namespace
+
+double ScheduledLearningRate(const TrainerOptions& o, int64_t step) {
   if (o.warmup_steps > 0 && step < o.warmup_steps) {
     return o.learning_rate * static_cast<double>(step + 1) /
            static_cast<double>(o.warmup_steps);
@@ -45,7 +46,30 @@ double LearningRate(const TrainerOptions& o, int64_t step) {
   return o.learning_rate * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cosine);
 }
 
-}  // namespace
+std::unique_ptr<torch::optim::AdamW> MakeAdamW(
+    const std::vector<at::Tensor>& parameters, const TrainerOptions& options) {
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : parameters)
+    (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto make_opts = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(options.learning_rate)
+            .betas({options.beta1, options.beta2})
+            .eps(1e-8)
+            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, make_opts(options.weight_decay));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, make_opts(0.0));
+  return std::make_unique<torch::optim::AdamW>(
+      groups, torch::optim::AdamWOptions(options.learning_rate));
+}
+
+void SetLearningRate(torch::optim::AdamW& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+}
 
 struct Trainer::State {
   TrainerOptions options;
@@ -168,27 +192,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
             w.to(st->student->device()).set_requires_grad(true));
       }
     }
-    std::vector<at::Tensor> decay, no_decay;
-    for (auto& p : st->student->named_parameters()) {
+    for (auto& p : st->student->named_parameters())
       st->all_params.push_back(p.value());
-      (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
-    }
-    for (auto& w : st->projections) {
-      st->all_params.push_back(w);
-      decay.push_back(w);
-    }
-    auto make_opts = [&](double wd) {
-      return std::make_unique<torch::optim::AdamWOptions>(
-          torch::optim::AdamWOptions(options.learning_rate)
-              .betas({options.beta1, options.beta2})
-              .eps(1e-8)
-              .weight_decay(wd));
-    };
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, make_opts(options.weight_decay));
-    if (!no_decay.empty()) groups.emplace_back(no_decay, make_opts(0.0));
-    st->optimizer = std::make_unique<torch::optim::AdamW>(
-        groups, torch::optim::AdamWOptions(options.learning_rate));
+    for (auto& w : st->projections) st->all_params.push_back(w);
+    st->optimizer = MakeAdamW(st->all_params, options);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("trainer setup: ", e.what_without_backtrace()));
@@ -314,10 +321,8 @@ absl::StatusOr<TrainResult> Trainer::Run(const ProgressCallback& on_progress,
         result.cancelled = true;
         break;
       }
-      const double lr = LearningRate(o, s.step);
-      for (auto& group : s.optimizer->param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      }
+      const double lr = ScheduledLearningRate(o, s.step);
+      SetLearningRate(*s.optimizer, lr);
       s.optimizer->zero_grad();
       TrainerProgress p;
       for (int64_t micro = 0; micro < o.gradient_accumulation; ++micro) {

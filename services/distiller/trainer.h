@@ -29,6 +29,10 @@
 #include "services/distiller/data.h"
 #include "services/distiller/losses.h"
 
+namespace torch::optim {
+class AdamW;
+}  // namespace torch::optim
+
 namespace hearth::distiller {
 
 struct TrainerOptions {
@@ -103,6 +107,17 @@ class Trainer {
 };
 
 absl::Status ValidateTrainerOptions(const TrainerOptions& options);
+
+// Linear warmup then cosine decay to min_lr_ratio * learning_rate; `step` is
+// 0-based.
+double ScheduledLearningRate(const TrainerOptions& options, int64_t step);
+
+// AdamW with options' betas and weight decay on tensors of rank >= 2 only
+// (norm weights and biases are not decayed). Throws c10::Error.
+std::unique_ptr<torch::optim::AdamW> MakeAdamW(
+    const std::vector<at::Tensor>& parameters, const TrainerOptions& options);
+// Sets every group's learning rate.
+void SetLearningRate(torch::optim::AdamW& optimizer, double lr);
 
 // exp(mean next-token CE) over the first `max_sequences` (0 = all) seq_len
 // windows of `tokens`.

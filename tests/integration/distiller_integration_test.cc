@@ -1,7 +1,8 @@
 // hearth-distiller end to end: the real binary, a tiny corpus and tokenizer
 // built here, jobs watched to completion, a kill -9 mid-job and a restart that
-// resumes, cancel keeping the checkpoint, and bad specs rejected naming the
-// field.
+// resumes, cancel keeping the checkpoint, and bad specs (bad hyper-parameters,
+// explicit zeros, missing teacher, empty corpus, incompatible vocabularies)
+// rejected with INVALID_ARGUMENT naming the field while the service stays up.
 #include <grpcpp/grpcpp.h>
 
 #include <csignal>
@@ -122,52 +123,59 @@ TEST_F(DistillerIntegrationTest, TrainKillResumeCancelAndValidation) {
   ASSERT_TRUE(service.ok()) << service.status();
   auto stub = v1::Distillation::NewStub((*service)->channel());
 
-  // Bad specs: INVALID_ARGUMENT naming the field; unknown teacher NOT_FOUND.
-  {
+  // Bad specs: INVALID_ARGUMENT naming the field, through the real service.
+  auto expect_invalid = [&](const v1::DistillationSpec& spec,
+                            const std::string& field) {
     v1::CreateDistillationJobRequest req;
-    *req.mutable_spec() = TrainSpec("bad", 10);
-    req.mutable_spec()->mutable_optimizer()->set_learning_rate(-1);
+    *req.mutable_spec() = spec;
     grpc::ClientContext ctx;
     Job job;
     grpc::Status st = stub->CreateJob(&ctx, req, &job);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(st.error_message().find("learning_rate"), std::string::npos)
-        << st.error_message();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << field << ": " << st.error_message();
+    EXPECT_NE(st.error_message().find(field), std::string::npos)
+        << st.error_message() << " does not name " << field;
+  };
+  {
+    v1::DistillationSpec spec = TrainSpec("bad", 10);
+    spec.mutable_optimizer()->set_learning_rate(-1);
+    expect_invalid(spec, "optimizer.learning_rate");
   }
   {
-    v1::CreateDistillationJobRequest req;
-    auto* spec = req.mutable_spec();
-    spec->set_method(v1::DISTILLATION_METHOD_SOFT_TARGET);
-    spec->set_teacher_model("no-such-teacher");
-    spec->set_output_name("x");
-    spec->mutable_data()->set_text_file(corpus_);
-    grpc::ClientContext ctx;
-    Job job;
-    grpc::Status st = stub->CreateJob(&ctx, req, &job);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND)
-        << st.error_message();
-    EXPECT_NE(st.error_message().find("teacher_model"), std::string::npos);
+    v1::DistillationSpec spec = TrainSpec("bad", 10);
+    spec.mutable_optimizer()->set_total_steps(0);  // Explicit zero steps.
+    expect_invalid(spec, "optimizer.total_steps");
+  }
+  for (double t : {-2.0, 0.0}) {
+    v1::DistillationSpec spec = TrainSpec("bad", 10);
+    spec.set_temperature(t);
+    expect_invalid(spec, "temperature");
+  }
+  for (double alpha : {-0.5, 1.5}) {
+    v1::DistillationSpec spec = TrainSpec("bad", 10);
+    spec.set_alpha(alpha);
+    expect_invalid(spec, "alpha");
   }
   {
-    v1::CreateDistillationJobRequest req;
-    *req.mutable_spec() = TrainSpec("bad", 10);
-    req.mutable_spec()->set_temperature(-2);
-    grpc::ClientContext ctx;
-    Job job;
-    grpc::Status st = stub->CreateJob(&ctx, req, &job);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(st.error_message().find("temperature"), std::string::npos);
+    v1::DistillationSpec spec;
+    spec.set_method(v1::DISTILLATION_METHOD_SOFT_TARGET);
+    spec.set_teacher_model("no-such-teacher");
+    spec.set_output_name("x");
+    spec.mutable_data()->set_text_file(corpus_);
+    expect_invalid(spec, "teacher_model");
   }
   {
     std::ofstream(root_ + "/empty.txt").close();
-    v1::CreateDistillationJobRequest req;
-    *req.mutable_spec() = TrainSpec("bad", 10);
-    req.mutable_spec()->mutable_data()->set_text_file(root_ + "/empty.txt");
+    v1::DistillationSpec spec = TrainSpec("bad", 10);
+    spec.mutable_data()->set_text_file(root_ + "/empty.txt");
+    expect_invalid(spec, "data.text_file");
+  }
+  // Still serving after all of them.
+  {
     grpc::ClientContext ctx;
-    Job job;
-    grpc::Status st = stub->CreateJob(&ctx, req, &job);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(st.error_message().find("data.text_file"), std::string::npos);
+    v1::ListJobsResponse jobs;
+    ASSERT_TRUE(stub->ListJobs(&ctx, v1::ListJobsRequest(), &jobs).ok());
+    EXPECT_EQ(jobs.jobs_size(), 0);
   }
 
   // A long job, killed with SIGKILL after a checkpoint, resumes after restart.
@@ -206,6 +214,27 @@ TEST_F(DistillerIntegrationTest, TrainKillResumeCancelAndValidation) {
                    std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("\"resumed\": true"), std::string::npos) << text;
   EXPECT_EQ(done.artifacts().at("model"), out);
+
+  // Incompatible vocabularies: KD from tiny-lm with another tokenizer.
+  {
+    std::vector<std::string> docs = {
+        "Zebras quickly jumped over fuzzy wizards while jovial quartz vexed "
+        "them, again and again."};
+    std::vector<std::string_view> views(docs.begin(), docs.end());
+    distiller::BpeTrainerOptions options;
+    options.vocab_size = 280;
+    auto vocab = distiller::TrainBpe(views, options);
+    ASSERT_TRUE(vocab.ok()) << vocab.status();
+    ASSERT_TRUE(
+        distiller::WriteTokenizer(*vocab, options, repo_ + "/other-tok").ok());
+    v1::DistillationSpec spec;
+    spec.set_method(v1::DISTILLATION_METHOD_SOFT_TARGET);
+    spec.set_teacher_model("tiny-lm");
+    spec.set_output_name("x");
+    spec.mutable_data()->set_text_file(corpus_);
+    spec.mutable_data()->set_tokenizer("other-tok");
+    expect_invalid(spec, "data.tokenizer: incompatible vocabularies");
+  }
 
   // Cancel: stops within a step, ends CANCELLED, keeps the checkpoint.
   {
