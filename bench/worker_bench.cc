@@ -5,6 +5,7 @@
 //                [--node node] [--json results.json] [--work DIR]
 //                [--preset small|tiny] [--write_model_only true]
 //                [--dtype auto|float32|float16|bfloat16]
+//                [--llama_batched_bench PATH] [--label NAME]
 //
 // Without --model it writes a random-weight model with SmolLM-135M's shape (the
 // `small` preset: hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate
@@ -29,6 +30,16 @@
 // tokens and threads, one level after the other in the same run. Its prebuilt
 // CPU binary is generic (no -march=native); a native llama.cpp build is
 // typically 2-3x faster, so the ratios flatter hearth by about that much.
+//
+// --llama_batched_bench PATH runs a native llama.cpp build's
+// llama-batched-bench instead (bench/run-vs-llama-cpp builds it): the same
+// GGUF, -npp prompt, -ntg tokens-1 and -npl levels (separate prompts per
+// sequence, all decoded together each step), same threads, llama.cpp's default
+// context settings. Its first token comes from the prefill logits, as hearth's
+// does, so for C sequences: aggregate = C * tokens / (T_PP + T_TG), TTFT = T_PP
+// (every sequence's prompt is prefilled in one batch), per-stream decode =
+// (tokens - 1) / T_TG. It feeds random tokens and does not sample; hearth's
+// greedy sampling over the vocabulary is included in its numbers.
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -40,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -152,6 +164,55 @@ absl::StatusOr<Level> RunLevel(Engine& engine, int streams, int prompt,
   return level;
 }
 
+// Runs a native llama-batched-bench over `levels` and converts its JSONL rows
+// to worker_llama_cpp.mjs's output shape (see the file comment for the
+// mapping).
+absl::StatusOr<nlohmann::json> RunBatchedBench(const std::string& binary,
+                                               const std::string& gguf,
+                                               const std::vector<int>& levels,
+                                               int prompt, int tokens,
+                                               int threads) {
+  const int max_level = *std::max_element(levels.begin(), levels.end());
+  // Every sequence gets n_ctx / n_seq_max cells; 16 spare ones each.
+  const int ctx = max_level * (prompt + tokens + 16);
+  const std::string command = absl::StrCat(
+      binary, " -m ", gguf, " -c ", ctx, " -b 2048 -ub 512 -npp ", prompt,
+      " -ntg ", tokens - 1, " -npl ", absl::StrJoin(levels, ","), " -t ",
+      threads, " -tb ", threads, " --output-format jsonl");
+  std::printf("running %s\n", command.c_str());
+  std::fflush(stdout);
+  hearth::CommandResult r = hearth::RunCommand(command);
+  if (r.exit_code != 0) {
+    return absl::InternalError(
+        absl::StrCat(command, " exited ", r.exit_code, ": ", r.output));
+  }
+  nlohmann::json out = {{"binary", "native llama-batched-bench"},
+                        {"command", command},
+                        {"threads", threads}};
+  out["levels"] = nlohmann::json::array();
+  for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
+    if (!absl::StartsWith(line, "{\"n_kv_max\"")) continue;
+    nlohmann::json row = nlohmann::json::parse(line, nullptr, false);
+    if (row.is_discarded()) continue;
+    const int c = row["pl"].get<int>();
+    const double t_pp = row["t_pp"].get<double>();
+    const double t_tg = row["t_tg"].get<double>();
+    out["levels"].push_back(
+        {{"streams", c},
+         {"aggregate_tps", static_cast<double>(c) * tokens / (t_pp + t_tg)},
+         {"ttft_mean_s", t_pp},
+         {"ttft_max_s", t_pp},
+         {"per_stream_tps", (tokens - 1) / t_tg},
+         {"raw", row}});
+  }
+  if (out["levels"].size() != levels.size()) {
+    return absl::InternalError(
+        absl::StrCat(command, " reported ", out["levels"].size(), " of ",
+                     levels.size(), " levels: ", r.output));
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,7 +220,7 @@ int main(int argc, char** argv) {
   std::vector<int> levels = {1, 4, 16, 64};
   std::string model_path, device = "cpu", llama_cpp = "on", node = "node";
   std::string dtype = "auto";
-  std::string json_path, work, preset = "small";
+  std::string json_path, work, preset = "small", batched_bench, label;
   bool write_model_only = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -187,6 +248,10 @@ int main(int argc, char** argv) {
     } else if (flag == "--preset") {
       preset = value;
       ok = preset == "small" || preset == "tiny";
+    } else if (flag == "--llama_batched_bench") {
+      batched_bench = value;
+    } else if (flag == "--label") {
+      label = value;
     } else if (flag == "--write_model_only") {
       write_model_only = value == "true";
     } else if (flag == "--levels") {
@@ -261,13 +326,28 @@ int main(int argc, char** argv) {
   (*engine)->Shutdown();
 
   nlohmann::json llama_json = nullptr;
-  if (llama_cpp == "on") {
-    const std::string gguf = work + "/model-f32.gguf";
-    absl::Status exported = absl::OkStatus();
-    if (!fs::exists(gguf)) {
-      exported = hearth::formats::ExportLlamaGguf(
-          model_path, gguf, hearth::formats::GgmlType::kF32);
+  const std::string gguf = work + "/model-f32.gguf";
+  absl::Status exported = absl::OkStatus();
+  if ((llama_cpp == "on" || !batched_bench.empty()) && !fs::exists(gguf)) {
+    exported = hearth::formats::ExportLlamaGguf(
+        model_path, gguf, hearth::formats::GgmlType::kF32);
+  }
+  if (!batched_bench.empty()) {
+    if (!exported.ok()) {
+      return Fail(absl::StrCat("GGUF export: ", exported.message()));
     }
+    auto native = RunBatchedBench(batched_bench, gguf, levels, prompt, tokens,
+                                  threads);
+    if (!native.ok()) return Fail(std::string(native.status().message()));
+    llama_json = *native;
+    for (const auto& l : llama_json["levels"]) {
+      std::printf(
+          "llama.cpp %3d streams: aggregate %8.1f tok/s | TTFT mean %7.3f s "
+          "| per-stream decode %6.1f tok/s\n",
+          l["streams"].get<int>(), l["aggregate_tps"].get<double>(),
+          l["ttft_mean_s"].get<double>(), l["per_stream_tps"].get<double>());
+    }
+  } else if (llama_cpp == "on") {
     const char* source_dir = std::getenv("HEARTH_SOURCE_DIR");
     const std::string script =
         absl::StrCat(source_dir != nullptr ? source_dir : ".",
@@ -302,9 +382,15 @@ int main(int argc, char** argv) {
       "\n| streams | hearth tok/s | hearth TTFT mean (s) | hearth per-stream "
       "tok/s | llama.cpp tok/s | llama.cpp TTFT mean (s) | hearth / "
       "llama.cpp |\n|---|---|---|---|---|---|---|\n");
-  nlohmann::json results = {{"threads", threads}, {"prompt", prompt},
-                            {"tokens", tokens},   {"device", device},
-                            {"dtype", dtype},     {"model", model_path}};
+  nlohmann::json results = {
+      {"threads", threads},
+      {"prompt", prompt},
+      {"label",
+       label.empty() ? fs::path(model_path).filename().string() : label},
+      {"tokens", tokens},
+      {"device", device},
+      {"dtype", dtype},
+      {"model", model_path}};
   for (const Level& h : hearth_levels) {
     nlohmann::json row = {{"streams", h.streams},
                           {"hearth_tps", h.aggregate_tps},
@@ -336,6 +422,22 @@ int main(int argc, char** argv) {
       if (h.streams == 16 && one.streams == 1) {
         std::printf("\n16-stream aggregate / single-stream aggregate: %.2fx\n",
                     h.aggregate_tps / one.aggregate_tps);
+      }
+    }
+    for (const auto& row : results["levels"]) {
+      if (!row.contains("llama_cpp_tps")) continue;
+      if (row["streams"] == 1) {
+        std::printf(
+            "single-stream decode hearth / llama.cpp: %.2fx (%.1f vs %.1f "
+            "tok/s)\n",
+            row["hearth_per_stream_tps"].get<double>() /
+                row["llama_cpp_per_stream_tps"].get<double>(),
+            row["hearth_per_stream_tps"].get<double>(),
+            row["llama_cpp_per_stream_tps"].get<double>());
+      } else if (row["streams"] == 16) {
+        std::printf("16-stream aggregate hearth / llama.cpp: %.2fx\n",
+                    row["hearth_tps"].get<double>() /
+                        row["llama_cpp_tps"].get<double>());
       }
     }
   }

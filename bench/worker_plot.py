@@ -5,7 +5,7 @@
 
 One panel: aggregate generated tokens/s against concurrent streams (log2 x axis),
 a solid line for hearth and a dashed one for llama.cpp per input file, labelled
-with the file's thread count.
+with the file's "label" (bench_worker --label; else its thread count).
 """
 import json
 import math
@@ -26,11 +26,12 @@ def main():
             r = json.load(f)
         color = COLORS[i % len(COLORS)]
         rows = r["levels"]
-        series.append((f"hearth, {r['threads']} thr", color, "",
+        tag = r.get("label", f"{r['threads']} thr")
+        series.append((f"hearth, {tag}", color, "",
                        [(x["streams"], x["hearth_tps"]) for x in rows]))
         llama = [(x["streams"], x["llama_cpp_tps"]) for x in rows if "llama_cpp_tps" in x]
         if llama:
-            series.append((f"llama.cpp, {r['threads']} thr", color, "6,4", llama))
+            series.append((f"llama.cpp, {tag}", color, "6,4", llama))
     xs = sorted({p[0] for s in series for p in s[3]})
     ymax = max(p[1] for s in series for p in s[3]) * 1.1
     x0, x1 = math.log2(xs[0]), math.log2(xs[-1])

@@ -23,6 +23,8 @@
 #include "hearth/v1/generation.grpc.pb.h"
 #include "hearth/v1/distillation.grpc.pb.h"  // train / distill
 #include "services/gateway/api_keys.h"
+#include "tools/hearth/generate_command.h"
+#include "tools/hearth/init_model_command.h"
 #include "tools/hearth/quantize_command.h"
 
 ABSL_FLAG(std::string, addr, "localhost:8001", "gateway address (host:port)");
@@ -106,8 +108,9 @@ hearth::v1::GenerateRequest BuildGenerateRequest(
     const std::vector<std::string>& args) {
   hearth::v1::GenerateRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
-  request.set_prompt(absl::StrJoin(args, " "));
+  request.set_prompt(hearth::cli::GeneratePrompt(args));
   auto* sampling = request.mutable_sampling();
+  hearth::cli::SetRemoteSampling(&request);
   sampling->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
   sampling->set_temperature(absl::GetFlag(FLAGS_temperature));
   if (absl::GetFlag(FLAGS_seed) >= 0)
@@ -116,7 +119,9 @@ hearth::v1::GenerateRequest BuildGenerateRequest(
 }
 
 int RunGenerate(const std::vector<std::string>& args) {
-  if (args.empty()) {
+  if (hearth::cli::GenerateIsLocal())
+    return hearth::cli::RunLocalGenerate(args);
+  if (hearth::cli::GeneratePrompt(args).empty()) {
     std::cerr << "hearth generate: give the prompt as arguments\n";
     return 2;
   }
@@ -350,8 +355,9 @@ const std::map<std::string, Command>& Commands() {
       {"health",
        {"wait until --addr reports SERVING (grpc.health.v1)", RunHealth}},
       {"models", {"list the models the gateway serves", RunModels}},
-      {"generate",
-       {"generate text: hearth generate --model=M <prompt...>", RunGenerate}},
+      {"generate", {hearth::cli::kGenerateSummary, RunGenerate}},
+      {"init-model",
+       {hearth::cli::kInitModelSummary, hearth::cli::RunInitModel}},
       {"tokenize",
        {"show token ids: hearth tokenize --model=M <text...>", RunTokenize}},
       {"keys",
@@ -372,12 +378,13 @@ const std::map<std::string, Command>& Commands() {
 std::string Usage() {
   std::string usage = "hearth <command> [flags] [args]\n\ncommands:\n";
   for (const auto& [name, command] : Commands()) {
-    absl::StrAppend(&usage, "  ", name, std::string(10 - name.size(), ' '),
+    absl::StrAppend(&usage, "  ", name,
+                    std::string(name.size() < 11 ? 12 - name.size() : 1, ' '),
                     command.summary, "\n");
   }
   absl::StrAppend(&usage,
-                  "\nTraining, distillation, quantization and export commands "
-                  "arrive with their services.\nRun `hearth --helpfull` for "
+                  "\n"
+                  "Run `hearth --helpfull` for "
                   "every flag.");
   return usage;
 }
