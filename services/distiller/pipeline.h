@@ -76,6 +76,8 @@ struct JobSpec {
   // split. num_labels 0 = from the data.
   std::string task_name;
   int64_t num_labels = 0;
+  int64_t task_teacher_steps = 0;         // 0 = trainer.total_steps.
+  double task_teacher_learning_rate = 0;  // 0 = trainer.learning_rate.
 };
 
 // Parses and validates spec JSON; INVALID_ARGUMENT naming the field.

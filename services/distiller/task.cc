@@ -325,6 +325,7 @@ absl::StatusOr<ClassifierTrainResult> TrainClassifier(
   const std::string ckpt =
       o.checkpoint_dir.empty() ? "" : o.checkpoint_dir + "/ckpt";
   std::vector<double> losses;
+  int64_t tokens = 0;  // Non-pad example tokens this run.
   try {
     std::unique_ptr<torch::optim::AdamW> optimizer = MakeAdamW(params, o);
     auto save = [&]() -> absl::Status {
@@ -392,6 +393,7 @@ absl::StatusOr<ClassifierTrainResult> TrainClassifier(
           idx.push_back(order.IndexAt(position++));
         at::Tensor ids, lengths, labels;
         MakeBatch(train, idx, pad_token_id, &ids, &lengths, &labels);
+        tokens += lengths.sum().item<int64_t>();
         at::Tensor logits = student.Logits(ids, lengths);
         labels = labels.to(logits.device());
         at::Tensor ce = CrossEntropyLoss(logits, labels);
@@ -423,6 +425,7 @@ absl::StatusOr<ClassifierTrainResult> TrainClassifier(
       p.learning_rate = lr;
       p.elapsed_seconds = elapsed;
       p.eta_seconds = elapsed / (step - start_step) * (o.total_steps - step);
+      p.tokens_per_second = tokens / std::max(elapsed, 1e-9);
       if (on_progress) on_progress(p);
       if (o.checkpoint_every_steps > 0 &&
           step % o.checkpoint_every_steps == 0 && step < o.total_steps) {
