@@ -10,13 +10,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/formats/gguf_llama.h"
+#include "common/model/model_loader.h"
 #include "common/status/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "services/quantizer/calibration.h"
 #include "services/quantizer/evaluation.h"
-#include "services/quantizer/quantized_llama.h"
+#include "services/quantizer/quantize_model.h"
 
 namespace hearth::quantizer {
+
+using quant::QuantScheme;
+using quant::ValidateScheme;
 namespace {
 
 namespace fs = std::filesystem;
@@ -293,8 +297,8 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
   if (spec.evaluate && !model_folder.empty()) {
     ctx.ReportProgress(0.85, "evaluating fp32");
     HEARTH_ASSIGN_OR_RETURN(auto float_tensors, LoadFloatTensors(src));
-    HEARTH_ASSIGN_OR_RETURN(
-        auto before, QuantizedLlama::FromFloatTensors(config, float_tensors));
+    HEARTH_ASSIGN_OR_RETURN(auto before,
+                            model::ModelFromTensors(config, float_tensors));
     const int64_t seq =
         std::min<int64_t>(std::min<int64_t>(spec.sequence_length, 256),
                           config.max_position_embeddings);
@@ -313,8 +317,9 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
     float_tensors.clear();
     if (ctx.Cancelled()) return absl::CancelledError("cancelled");
     ctx.ReportProgress(0.92, "evaluating quantized");
-    HEARTH_ASSIGN_OR_RETURN(auto after, QuantizedLlama::Load(model_folder));
-    rows.push_back({after->Describe(),
+    HEARTH_ASSIGN_OR_RETURN(auto after, model::LoadModel(model_folder));
+    const model::LinearImpl* first = after->linear_impl(0, "self_attn.q_proj");
+    rows.push_back({first != nullptr ? first->Describe() : "f32",
                     Perplexity(*after, split.held_out, seq, windows),
                     DecodeTokensPerSecond(*after, 1, 16),
                     DecodeTokensPerSecond(*after, 16, 16),
