@@ -8,7 +8,7 @@
 //       [--text_file=F | --corpus=licenses] [--seq_len=256] [--windows=16]
 //       [--steps=32] [--threads=2] [--windows_out=w.json] [--no_speed]
 //
-// --model is a float or quantized folder or a .gguf (QuantizedLlama::Load);
+// --model is a float or quantized folder or a .gguf (model::LoadModel, quantized linears kept packed);
 // --reference is the float source folder, whose tokenizer turns the text into
 // ids. The held-out split is the quantizer's (the last 10% of the tokens), so
 // numbers are comparable with quant_report.json. Prints one JSON object:
@@ -29,10 +29,10 @@
 #include "absl/flags/parse.h"
 #include "common/formats/hf_config.h"
 #include "common/model/llama_model.h"
+#include "common/model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "services/quantizer/calibration.h"
 #include "services/quantizer/evaluation.h"
-#include "services/quantizer/quantized_llama.h"
 
 ABSL_FLAG(std::string, model, "", "model folder or .gguf to evaluate");
 ABSL_FLAG(std::string, reference, "",
@@ -52,6 +52,14 @@ namespace {
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "quant_eval: %s\n", status.ToString().c_str());
   return 1;
+}
+
+// What the first projection runs as ("f32" for a float model): every linear
+// of a hearth-quantized model uses one scheme.
+std::string Describe(const hearth::model::LlamaForCausalLM& model) {
+  const hearth::model::LinearImpl* first =
+      model.linear_impl(0, "self_attn.q_proj");
+  return first != nullptr ? first->Describe() : "f32";
 }
 
 }  // namespace
@@ -80,14 +88,14 @@ int main(int argc, char** argv) {
                         static_cast<int64_t>(held_out.size()));
 
   const int64_t rss0 = ResidentBytes();
-  auto model = QuantizedLlama::Load(path);
+  auto model = hearth::model::LoadModel(path);
   if (!model.ok()) return Fail(model.status());
   const int64_t rss1 = ResidentBytes();
 
   const int64_t windows = absl::GetFlag(FLAGS_windows);
   nlohmann::json out = {
       {"model", path},
-      {"describe", (*model)->Describe()},
+      {"describe", Describe(**model)},
       {"perplexity", Perplexity(**model, held_out, seq, windows)},
       {"layer_weight_bytes", (*model)->LayerLinearBytes()},
       {"weight_bytes", (*model)->WeightBytes()},
@@ -108,7 +116,7 @@ int main(int argc, char** argv) {
     // Mean KL(reference || model) per next-token distribution on the same
     // windows: far less noisy than a perplexity difference, so it ranks
     // methods whose perplexities tie.
-    auto ref = QuantizedLlama::Load(reference);
+    auto ref = hearth::model::LoadModel(reference);
     if (!ref.ok()) return Fail(ref.status());
     double kl = 0;
     int64_t positions = 0;
@@ -119,8 +127,8 @@ int main(int argc, char** argv) {
                                              held_out.begin() + (i + 1) * seq),
                         torch::kLong)
               .unsqueeze(0);
-      at::Tensor lp = at::log_softmax((*ref)->Forward(ids)[0], -1);
-      at::Tensor lq = at::log_softmax((*model)->Forward(ids)[0], -1);
+      at::Tensor lp = at::log_softmax((*ref)->Forward(ids).logits[0], -1);
+      at::Tensor lq = at::log_softmax((*model)->Forward(ids).logits[0], -1);
       kl += (lp.exp() * (lp - lq)).sum().item<double>();
       positions += seq;
     }

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -140,7 +141,25 @@ class LlamaDecoderLayer : public torch::nn::Module {
     norm_in = ln_in->weight, norm_post = ln_post->weight;
   }
 
+  // Projection `i` in LayerLinearNames() order, and its bias (undefined when
+  // it has none).
+  at::Tensor& weight(int i) {
+    at::Tensor* w[] = {&wq, &wk, &wv, &wo, &wg, &wu, &wd};
+    return *w[i];
+  }
+  at::Tensor& bias(int i) {
+    at::Tensor* b[] = {&bq, &bk, &bv, &bo, &bg, &bu, &bd};
+    return *b[i];
+  }
+  const at::Tensor& weight(int i) const {
+    return const_cast<LlamaDecoderLayer*>(this)->weight(i);
+  }
+  const at::Tensor& bias(int i) const {
+    return const_cast<LlamaDecoderLayer*>(this)->bias(i);
+  }
+
   at::Tensor wq, bq, wk, bk, wv, bv, wo, bo, wg, wu, wd, norm_in, norm_post;
+  at::Tensor bg, bu, bd;  // Always undefined (Llama's MLP has no biases).
 };
 
 // The "model" sub-module: embeddings, layers, final norm.
@@ -160,6 +179,14 @@ class LlamaInner : public torch::nn::Module {
   at::Tensor embed, norm;
   std::shared_ptr<torch::nn::Module> layers;
 };
+
+const std::vector<std::string>& LayerLinearNames() {
+  static const std::vector<std::string> names = {
+      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+      "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+      "mlp.down_proj"};
+  return names;
+}
 
 at::Tensor RopeInverseFrequencies(const formats::LlamaConfig& config) {
   torch::NoGradGuard no_grad;
@@ -225,6 +252,8 @@ LlamaForCausalLM::LlamaForCausalLM(const formats::LlamaConfig& config,
     lm_head_ = head->weight;
   }
   inv_freq_ = RopeInverseFrequencies(config);
+  impls_.assign(layers_.size(),
+                std::vector<std::shared_ptr<const LinearImpl>>(7));
   PackForInference();
 }
 
@@ -310,26 +339,153 @@ void LlamaForCausalLM::PackForInference() {
   packed_gate_up_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     LlamaDecoderLayer& l = *layers_[i];
-    if (!Packed(packed_qkv_[i], {&l.wq, &l.wk, &l.wv})) {
-      packed_qkv_[i] = Pack({&l.wq, &l.wk, &l.wv});
+    if (GroupSwapped(i, 0, 3)) {
+      packed_qkv_[i] = packed_qkv_bias_[i] = at::Tensor();
+    } else {
+      if (!Packed(packed_qkv_[i], {&l.wq, &l.wk, &l.wv})) {
+        packed_qkv_[i] = Pack({&l.wq, &l.wk, &l.wv});
+      }
+      if (l.bq.defined() &&
+          !Packed(packed_qkv_bias_[i], {&l.bq, &l.bk, &l.bv})) {
+        packed_qkv_bias_[i] = Pack({&l.bq, &l.bk, &l.bv});
+      }
     }
-    if (l.bq.defined() && !Packed(packed_qkv_bias_[i], {&l.bq, &l.bk, &l.bv})) {
-      packed_qkv_bias_[i] = Pack({&l.bq, &l.bk, &l.bv});
-    }
-    if (!Packed(packed_gate_up_[i], {&l.wg, &l.wu})) {
+    if (GroupSwapped(i, 4, 2)) {
+      packed_gate_up_[i] = at::Tensor();
+    } else if (!Packed(packed_gate_up_[i], {&l.wg, &l.wu})) {
       packed_gate_up_[i] = Pack({&l.wg, &l.wu});
     }
   }
+}
+
+bool LlamaForCausalLM::GroupSwapped(size_t li, int first, int count) const {
+  for (int i = first; i < first + count; ++i) {
+    if (impls_[li][i] != nullptr) return true;
+  }
+  return false;
+}
+
+absl::Status LlamaForCausalLM::SetLinearImpl(
+    int64_t layer, std::string_view name,
+    std::shared_ptr<const LinearImpl> impl) {
+  if (layer < 0 || layer >= num_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, " is outside [0, ", num_layers(), ")"));
+  }
+  const std::vector<std::string>& names = LayerLinearNames();
+  const int index = static_cast<int>(
+      std::find(names.begin(), names.end(), name) - names.begin());
+  if (index == static_cast<int>(names.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", std::string(name), "\" is not a projection of a decoder layer"));
+  }
+  if (impl == nullptr) {
+    return absl::InvalidArgumentError("linear implementation is null");
+  }
+  const int64_t h = config_.hidden_size, q = num_heads_ * head_dim_;
+  const int64_t kv = num_kv_heads_ * head_dim_,
+                inter = config_.intermediate_size;
+  const int64_t out[] = {q, kv, kv, h, inter, inter, h};
+  const int64_t in[] = {h, h, h, q, h, h, inter};
+  if (impl->out_features() != out[index] || impl->in_features() != in[index]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.layers.", layer, ".", std::string(name), ": implementation is [",
+        impl->out_features(), ", ", impl->in_features(),
+        "], the config needs [", out[index], ", ", in[index], "]"));
+  }
+  torch::NoGradGuard no_grad;
+  LlamaDecoderLayer& l = *layers_[layer];
+  // The other members of a packed group get storage of their own, so that
+  // freeing the packed buffer frees this projection's share.
+  const int first = index < 3 ? 0 : index == 4 || index == 5 ? 4 : index;
+  const int count = index < 3 ? 3 : index == 4 || index == 5 ? 2 : 1;
+  if (count > 1) {
+    for (int j = first; j < first + count; ++j) {
+      if (j == index || impls_[layer][j] != nullptr) continue;
+      l.weight(j).set_data(l.weight(j).clone());
+      if (l.bias(j).defined()) l.bias(j).set_data(l.bias(j).clone());
+    }
+    if (first == 0) {
+      packed_qkv_[layer] = packed_qkv_bias_[layer] = at::Tensor();
+    } else {
+      packed_gate_up_[layer] = at::Tensor();
+    }
+  }
+  l.weight(index).set_data(torch::empty({0}, l.weight(index).options()));
+  if (l.bias(index).defined()) {
+    l.bias(index).set_data(torch::empty({0}, l.bias(index).options()));
+  }
+  impls_[layer][index] = std::move(impl);
+  return absl::OkStatus();
+}
+
+const LinearImpl* LlamaForCausalLM::linear_impl(int64_t layer,
+                                                std::string_view name) const {
+  if (layer < 0 || layer >= num_layers()) return nullptr;
+  const std::vector<std::string>& names = LayerLinearNames();
+  auto it = std::find(names.begin(), names.end(), name);
+  return it == names.end() ? nullptr : impls_[layer][it - names.begin()].get();
+}
+
+bool LlamaForCausalLM::has_linear_impls() const {
+  for (size_t li = 0; li < impls_.size(); ++li) {
+    if (GroupSwapped(li, 0, 7)) return true;
+  }
+  return false;
+}
+
+int64_t LlamaForCausalLM::WeightBytes() const {
+  int64_t n = 0;
+  for (const at::Tensor& p : parameters()) {
+    n += static_cast<int64_t>(p.numel() * p.element_size());
+  }
+  for (const at::Tensor& b : buffers()) {
+    n += static_cast<int64_t>(b.numel() * b.element_size());
+  }
+  for (const auto& layer : impls_) {
+    for (const auto& impl : layer) n += impl ? impl->WeightBytes() : 0;
+  }
+  return n;
+}
+
+int64_t LlamaForCausalLM::LayerLinearBytes() const {
+  int64_t n = 0;
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    for (int i = 0; i < 7; ++i) {
+      if (impls_[li][i] != nullptr) {
+        n += impls_[li][i]->WeightBytes();
+        continue;
+      }
+      for (const at::Tensor* t :
+           {&layers_[li]->weight(i), &layers_[li]->bias(i)}) {
+        if (t->defined()) {
+          n += static_cast<int64_t>(t->numel() * t->element_size());
+        }
+      }
+    }
+  }
+  return n;
+}
+
+at::Tensor LlamaForCausalLM::Project(size_t li, int index,
+                                     const at::Tensor& x) const {
+  if (const LinearImpl* impl = impls_[li][index].get()) {
+    return impl->Forward(x);
+  }
+  return Linear(x, layers_[li]->weight(index), layers_[li]->bias(index));
 }
 
 bool LlamaForCausalLM::PackingIntact() const {
   if (packed_qkv_.size() != layers_.size()) return false;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LlamaDecoderLayer& l = *layers_[i];
-    if (!Packed(packed_qkv_[i], {&l.wq, &l.wk, &l.wv}) ||
-        !Packed(packed_gate_up_[i], {&l.wg, &l.wu}) ||
-        (l.bq.defined() &&
-         !Packed(packed_qkv_bias_[i], {&l.bq, &l.bk, &l.bv}))) {
+    if (!GroupSwapped(i, 0, 3) &&
+        (!Packed(packed_qkv_[i], {&l.wq, &l.wk, &l.wv}) ||
+         (l.bq.defined() &&
+          !Packed(packed_qkv_bias_[i], {&l.bq, &l.bk, &l.bv})))) {
+      return false;
+    }
+    if (!GroupSwapped(i, 4, 2) && !Packed(packed_gate_up_[i], {&l.wg, &l.wu})) {
       return false;
     }
   }
@@ -351,19 +507,22 @@ at::Tensor LlamaForCausalLM::RmsNorm(const at::Tensor& x,
 // ---------------------------------------------------------------------------------
 // Training / teacher-forcing forward.
 
-ForwardOutput LlamaForCausalLM::Forward(
-    const at::Tensor& input_ids,
-    const std::optional<at::Tensor>& attention_mask,
-    const ForwardOptions& options) {
-  TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ",
-              input_ids.sizes());
+// What every layer of a teacher-forced forward shares.
+struct LlamaForCausalLM::LayerContext {
+  int64_t B = 0, T = 0;
+  at::Tensor mask;      // Additive [B or 1, 1, T, T].
+  at::Tensor cos, sin;  // [1, 1, T, D].
+  double scale = 1;
+};
+
+LlamaForCausalLM::LayerContext LlamaForCausalLM::MakeLayerContext(
+    int64_t B, int64_t T,
+    const std::optional<at::Tensor>& attention_mask) const {
   const c10::Device dev = device();
   const c10::ScalarType dt = dtype();
-  const int64_t B = input_ids.size(0);
-  const int64_t T = input_ids.size(1);
-  const int64_t H = num_heads_, KV = num_kv_heads_, D = head_dim_, G = H / KV;
-  at::Tensor ids = input_ids.to(dev, at::kLong);
-
+  LayerContext c;
+  c.B = B;
+  c.T = T;
   // Additive mask [B or 1, 1, T, T]: causal, plus padded keys.
   const double min_value = MaskValue(dt);
   at::Tensor mask = torch::full({T, T}, min_value,
@@ -371,53 +530,106 @@ ForwardOutput LlamaForCausalLM::Forward(
                         .triu_(1);
   mask = mask.view({1, 1, T, T});
   if (attention_mask.has_value() && attention_mask->defined()) {
-    TORCH_CHECK(attention_mask->sizes() == input_ids.sizes(),
+    TORCH_CHECK(attention_mask->dim() == 2 && attention_mask->size(0) == B &&
+                    attention_mask->size(1) == T,
                 "attention_mask must have the shape of input_ids, got ",
                 attention_mask->sizes());
     at::Tensor keep = attention_mask->to(dev).to(at::kBool).view({B, 1, 1, T});
     mask = mask.masked_fill(keep.logical_not(), min_value);
   }
-
+  c.mask = mask;
   at::Tensor positions = torch::arange(T, torch::kLong);
   auto [cos, sin] =
       RopeTables(inv_freq_, positions, /*signed_sin=*/false, dev, dt);
-  cos = cos.view({1, 1, T, D});
-  sin = sin.view({1, 1, T, D});
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  c.cos = cos.view({1, 1, T, head_dim_});
+  c.sin = sin.view({1, 1, T, head_dim_});
+  c.scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  return c;
+}
+
+at::Tensor LlamaForCausalLM::LayerForward(int64_t li, at::Tensor x,
+                                          const LayerContext& c,
+                                          at::Tensor* attention_probs,
+                                          LayerTaps* taps) {
+  const int64_t B = c.B, T = c.T;
+  const int64_t H = num_heads_, KV = num_kv_heads_, D = head_dim_, G = H / KV;
+  const c10::ScalarType dt = dtype();
+  const LlamaDecoderLayer& l = *layers_[li];
+  const std::vector<std::shared_ptr<const LinearImpl>>& impls = impls_[li];
+  // at::linear on [B, T, in] (autograd), or the swapped-in implementation on
+  // the flattened rows.
+  auto proj = [&](int i, const at::Tensor& in) {
+    if (const LinearImpl* impl = impls[i].get()) {
+      return impl->Forward(in.reshape({B * T, in.size(-1)}).contiguous())
+          .view({B, T, -1});
+    }
+    return at::linear(in, l.weight(i), OptionalBias(l.bias(i)));
+  };
+  auto stop = [&](int stage) {
+    return taps != nullptr && taps->stop_after == stage;
+  };
+  at::Tensor h = RmsNorm(x, l.norm_in);
+  if (taps) taps->attn_in = h;
+  if (stop(1)) return {};
+  at::Tensor q = proj(0, h).view({B, T, H, D}).transpose(1, 2);
+  at::Tensor k = proj(1, h).view({B, T, KV, D}).transpose(1, 2);
+  at::Tensor v = proj(2, h).view({B, T, KV, D}).transpose(1, 2);
+  q = q * c.cos + RotateHalf(q) * c.sin;
+  k = k * c.cos + RotateHalf(k) * c.sin;
+  // Grouped-query attention without materialising repeated K/V: the G query
+  // heads that share a KV head are stacked along the row dimension.
+  at::Tensor scores =
+      at::matmul(q.reshape({B, KV, G * T, D}), k.transpose(2, 3));
+  scores = scores.view({B, H, T, T}) * c.scale + c.mask;
+  at::Tensor probs = dt == at::kFloat
+                         ? at::softmax(scores, -1)
+                         : at::softmax(scores, -1, at::kFloat).to(dt);
+  if (attention_probs != nullptr) *attention_probs = probs;
+  at::Tensor ctx =
+      at::matmul(probs.reshape({B, KV, G * T, T}), v);  // [B, KV, G*T, D]
+  ctx = ctx.view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
+  if (taps) taps->o_in = ctx;
+  if (stop(2)) return {};
+  at::Tensor attn_out = proj(3, ctx);
+  if (taps) taps->attn_out = attn_out;
+  x = x + attn_out;
+  h = RmsNorm(x, l.norm_post);
+  if (taps) taps->mlp_in = h;
+  if (stop(3)) return {};
+  at::Tensor act = at::silu(proj(4, h)) * proj(5, h);
+  if (taps) taps->down_in = act;
+  if (stop(4)) return {};
+  return x + proj(6, act);
+}
+
+at::Tensor LlamaForCausalLM::ForwardLayer(int64_t layer, const at::Tensor& x,
+                                          LayerTaps* taps) {
+  TORCH_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer,
+              " out of range");
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size,
+              "x must be [batch, seq, hidden], got ", x.sizes());
+  const LayerContext c = MakeLayerContext(x.size(0), x.size(1), std::nullopt);
+  return LayerForward(layer, x.to(device(), dtype()), c, nullptr, taps);
+}
+
+ForwardOutput LlamaForCausalLM::Forward(
+    const at::Tensor& input_ids,
+    const std::optional<at::Tensor>& attention_mask,
+    const ForwardOptions& options) {
+  TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ",
+              input_ids.sizes());
+  const LayerContext c =
+      MakeLayerContext(input_ids.size(0), input_ids.size(1), attention_mask);
+  at::Tensor ids = input_ids.to(device(), at::kLong);
 
   ForwardOutput out;
   at::Tensor x = at::embedding(inner_->embed, ids);
   for (size_t li = 0; li < layers_.size(); ++li) {
     if (options.output_hidden_states) out.hidden_states.push_back(x);
-    const LlamaDecoderLayer& l = *layers_[li];
-    at::Tensor h = RmsNorm(x, l.norm_in);
-    at::Tensor q = at::linear(h, l.wq, OptionalBias(l.bq))
-                       .view({B, T, H, D})
-                       .transpose(1, 2);
-    at::Tensor k = at::linear(h, l.wk, OptionalBias(l.bk))
-                       .view({B, T, KV, D})
-                       .transpose(1, 2);
-    at::Tensor v = at::linear(h, l.wv, OptionalBias(l.bv))
-                       .view({B, T, KV, D})
-                       .transpose(1, 2);
-    q = q * cos + RotateHalf(q) * sin;
-    k = k * cos + RotateHalf(k) * sin;
-    // Grouped-query attention without materialising repeated K/V: the G query
-    // heads that share a KV head are stacked along the row dimension.
-    at::Tensor scores =
-        at::matmul(q.reshape({B, KV, G * T, D}), k.transpose(2, 3));
-    scores = scores.view({B, H, T, T}) * scale + mask;
-    at::Tensor probs = dt == at::kFloat
-                           ? at::softmax(scores, -1)
-                           : at::softmax(scores, -1, at::kFloat).to(dt);
+    at::Tensor probs;
+    x = LayerForward(static_cast<int64_t>(li), x, c,
+                     options.output_attentions ? &probs : nullptr, nullptr);
     if (options.output_attentions) out.attentions.push_back(probs);
-    at::Tensor ctx =
-        at::matmul(probs.reshape({B, KV, G * T, T}), v);  // [B, KV, G*T, D]
-    ctx = ctx.view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
-    x = x + at::linear(ctx, l.wo, OptionalBias(l.bo));
-    h = RmsNorm(x, l.norm_post);
-    at::Tensor act = at::silu(at::linear(h, l.wg)) * at::linear(h, l.wu);
-    x = x + at::linear(act, l.wd);
   }
   x = RmsNorm(x, inner_->norm);
   if (options.output_hidden_states) out.hidden_states.push_back(x);
@@ -673,7 +885,11 @@ at::Tensor LlamaForCausalLM::StepImpl(KvCache& cache, const StepPlan& plan) {
   for (size_t li = 0; li < layers_.size(); ++li) {
     const LlamaDecoderLayer& l = *layers_[li];
     at::Tensor h = rms_norm(x, l.norm_in);
-    at::Tensor qkv = Linear(h, packed_qkv_[li], packed_qkv_bias_[li])
+    at::Tensor qkv = (packed_qkv_[li].defined()
+                          ? Linear(h, packed_qkv_[li], packed_qkv_bias_[li])
+                          : at::cat({Project(li, 0, h), Project(li, 1, h),
+                                     Project(li, 2, h)},
+                                    1))
                          .view({N, H + 2 * KV, D});
     // Layer storage is [2 * KV, slots, D]: keys, then values.
     at::Tensor store = cache.layer(static_cast<int64_t>(li));
@@ -754,14 +970,16 @@ at::Tensor LlamaForCausalLM::StepImpl(KvCache& cache, const StepPlan& plan) {
           .copy_(o.view({KV, G, T, D}).permute({2, 0, 1, 3}));
     }
 
-    x.add_(Linear(ctx, l.wo, l.bo));
+    x.add_(Project(li, 3, ctx));
     h = rms_norm(x, l.norm_post);
     const int64_t I = config_.intermediate_size;
-    at::Tensor gu = Linear(h, packed_gate_up_[li], at::Tensor());
+    at::Tensor gu = packed_gate_up_[li].defined()
+                        ? Linear(h, packed_gate_up_[li], at::Tensor())
+                        : at::cat({Project(li, 4, h), Project(li, 5, h)}, 1);
     at::Tensor act =
         fused ? SiluMulF32(gu, I)
               : at::silu(gu.narrow(1, 0, I)).mul_(gu.narrow(1, I, I));
-    x.add_(Linear(act, l.wd, at::Tensor()));
+    x.add_(Project(li, 6, act));
   }
 
   if (!plan.output_identity) x = x.index_select(0, to_long(plan.output_rows));

@@ -38,6 +38,12 @@
 // (Module::to(), torch::load) breaks the packing; Step() notices and repacks.
 // In-place updates (optimizer steps, copy_) keep it.
 //
+// Any of a decoder layer's seven projections can be swapped for another
+// LinearImpl (linear_impl.h), e.g. INT8/INT4 weights that stay quantized
+// (common/quant): SetLinearImpl frees the float parameter (it stays registered,
+// with shape [0]) and both Forward() and Step() call the implementation. A
+// q/k/v or gate/up group with any swapped member is not packed.
+//
 // Not thread-safe: run one Step() or Forward() at a time per model.
 #ifndef HEARTH_COMMON_MODEL_LLAMA_MODEL_H_
 #define HEARTH_COMMON_MODEL_LLAMA_MODEL_H_
@@ -48,12 +54,15 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/formats/hf_config.h"
 #include "common/model/kv_cache.h"
+#include "common/model/linear_impl.h"
 
 namespace hearth::model {
 
@@ -74,6 +83,20 @@ struct ForwardOutput {
   at::Tensor logits;  // [B, T, vocab], in the parameter dtype.
   std::vector<at::Tensor> hidden_states;
   std::vector<at::Tensor> attentions;
+};
+
+// The projections of a decoder layer, named relative to the layer as in the HF
+// state dict: "self_attn.q_proj", k, v, o, "mlp.gate_proj", up, down.
+const std::vector<std::string>& LayerLinearNames();
+
+// The inputs of a layer's linears during ForwardLayer (calibration).
+// stop_after: 1 = after the attention input (normed), 2 = after the o_proj
+// input, 3 = after the MLP input (normed), 4 = after the down_proj input; 0 =
+// run the whole layer. ForwardLayer returns an undefined tensor when it stops.
+struct LayerTaps {
+  int stop_after = 0;
+  at::Tensor attn_in, o_in, mlp_in, down_in;  // [B, T, in]
+  at::Tensor attn_out;  // o_proj output [B, T, hidden] (from stage 3 on)
 };
 
 // One sequence's share of an inference step.
@@ -152,6 +175,34 @@ class LlamaForCausalLM : public torch::nn::Module {
   // Re-establishes the packed inference weights (Step does it when needed).
   void PackForInference();
 
+  // Replaces projection `name` (one of LayerLinearNames()) of decoder layer
+  // `layer` by `impl`, which must have that projection's shape and includes
+  // its bias. The float weight and bias are freed. InvalidArgument for a bad
+  // layer, name or shape.
+  absl::Status SetLinearImpl(int64_t layer, std::string_view name,
+                             std::shared_ptr<const LinearImpl> impl);
+  // The implementation set for a projection, or null when it is float.
+  const LinearImpl* linear_impl(int64_t layer, std::string_view name) const;
+  bool has_linear_impls() const;
+
+  // Runs decoder layer `layer` teacher-forced (causal, positions 0..T-1, no
+  // padding) on hidden states x [B, T, hidden], recording the inputs of its
+  // linears into `taps` when given. Returns the layer output [B, T, hidden].
+  at::Tensor ForwardLayer(int64_t layer, const at::Tensor& x,
+                          LayerTaps* taps = nullptr);
+
+  // Bytes of all weights as held in memory (parameters, buffers and swapped
+  // linears), and of the decoder layers' projections alone (what quantization
+  // shrinks).
+  int64_t WeightBytes() const;
+  int64_t LayerLinearBytes() const;
+
+  // What the weights are, as ModelInfo.quantization: "none" (the default),
+  // "gptq-int4", "awq-int4", "int8-dynamic", "gguf-q4_0", ... (set by the
+  // loader).
+  const std::string& quantization() const { return quantization_; }
+  void set_quantization(std::string label) { quantization_ = std::move(label); }
+
   // Direct access for tools that need the trunk (classification heads, layer
   // surgery); the parameters are reachable by name through named_parameters().
   at::Tensor& embed_tokens_weight();
@@ -161,8 +212,16 @@ class LlamaForCausalLM : public torch::nn::Module {
 
  private:
   struct StepPlan;
+  struct LayerContext;
 
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  LayerContext MakeLayerContext(int64_t batch, int64_t length,
+                                const std::optional<at::Tensor>& mask) const;
+  at::Tensor LayerForward(int64_t li, at::Tensor x, const LayerContext& c,
+                          at::Tensor* attention_probs, LayerTaps* taps);
+  // Projection `index` (into LayerLinearNames()) of layer `li` on x [M, in].
+  at::Tensor Project(size_t li, int index, const at::Tensor& x) const;
+  bool GroupSwapped(size_t li, int first, int count) const;
   at::Tensor StepImpl(KvCache& cache, const StepPlan& plan);
   bool PackingIntact() const;
 
@@ -179,6 +238,10 @@ class LlamaForCausalLM : public torch::nn::Module {
   // hidden] buffers that the q/k/v and gate/up parameters view (and q/k/v
   // biases).
   std::vector<at::Tensor> packed_qkv_, packed_qkv_bias_, packed_gate_up_;
+  // Per layer, per projection (LayerLinearNames() order): the swapped-in
+  // implementation or null.
+  std::vector<std::vector<std::shared_ptr<const LinearImpl>>> impls_;
+  std::string quantization_ = "none";
 };
 
 }  // namespace hearth::model

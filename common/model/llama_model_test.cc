@@ -476,5 +476,98 @@ TEST(StepTest, Errors) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// --- Swappable linears
+// ---------------------------------------------------------
+
+// A LinearImpl holding its own float copy of a projection (and counting calls).
+class CopiedLinear : public LinearImpl {
+ public:
+  CopiedLinear(at::Tensor w, at::Tensor b)
+      : w_(w.detach().clone()), b_(b.defined() ? b.detach().clone() : b) {}
+  at::Tensor Forward(const at::Tensor& x) const override {
+    ++calls;
+    return b_.defined() ? at::linear(x, w_, b_) : at::linear(x, w_);
+  }
+  int64_t in_features() const override { return w_.size(1); }
+  int64_t out_features() const override { return w_.size(0); }
+  int64_t WeightBytes() const override { return 7; }
+  std::string Describe() const override { return "copy"; }
+  mutable int64_t calls = 0;
+
+ private:
+  at::Tensor w_, b_;
+};
+
+TEST(LinearImplTest, SwappedProjectionsGiveTheSameResults) {
+  for (const auto& [name, config] : Variants()) {
+    SCOPED_TRACE(name);
+    auto model = RandomModel(config);
+    std::vector<int64_t> tokens = RandomTokens(24, config.vocab_size, 5);
+    at::Tensor ref = Reference(*model, tokens);
+    const int64_t bytes_before = model->WeightBytes();
+    const int64_t linear_before = model->LayerLinearBytes();
+    auto params = model->named_parameters();
+    // All of layer 0, and only q_proj and up_proj of layer 1 (their packed
+    // groups are then split).
+    std::vector<std::pair<int64_t, std::string>> swaps;
+    for (const std::string& n : LayerLinearNames()) swaps.push_back({0, n});
+    swaps.push_back({1, "self_attn.q_proj"});
+    swaps.push_back({1, "mlp.up_proj"});
+    std::vector<std::shared_ptr<CopiedLinear>> impls;
+    int64_t freed = 0;
+    for (const auto& [layer, n] : swaps) {
+      const std::string p = "model.layers." + std::to_string(layer) + "." + n;
+      at::Tensor w = params[p + ".weight"];
+      at::Tensor* b = params.find(p + ".bias");
+      freed += w.numel() * 4 + (b != nullptr ? b->numel() * 4 : 0);
+      impls.push_back(std::make_shared<CopiedLinear>(w, b ? *b : at::Tensor()));
+      ASSERT_TRUE(model->SetLinearImpl(layer, n, impls.back()).ok());
+      EXPECT_EQ(model->named_parameters()[p + ".weight"].numel(), 0);
+    }
+    EXPECT_TRUE(model->has_linear_impls());
+    EXPECT_EQ(model->linear_impl(1, "self_attn.q_proj"), impls[7].get());
+    EXPECT_EQ(model->linear_impl(1, "self_attn.k_proj"), nullptr);
+    // The float storage is really gone (packed buffers included).
+    const int64_t n_impl = static_cast<int64_t>(impls.size());
+    EXPECT_EQ(model->WeightBytes(), bytes_before - freed + 7 * n_impl);
+    EXPECT_EQ(model->LayerLinearBytes(), linear_before - freed + 7 * n_impl);
+
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(MaxDiff(model->Forward(Ids(tokens)).logits[0], ref), 1e-4);
+    // Step: prefill, then a mixed batch of decode and prefill.
+    auto cache = MakeCache(*model, 128, 4);
+    ASSERT_TRUE(cache->AddSequence(1).ok());
+    ASSERT_TRUE(cache->AddSequence(2).ok());
+    auto a = model->Step(*cache, {{1, Slice(tokens, 0, 10)}});
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_LT(MaxDiff((*a)[0], ref[9]), 1e-4);
+    auto b = model->Step(*cache, {{1, {tokens[10]}}, {2, Slice(tokens, 0, 5)}});
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_LT(MaxDiff((*b)[0], ref[10]), 1e-4);
+    EXPECT_LT(MaxDiff((*b)[1], ref[4]), 1e-4);
+    for (const auto& impl : impls) EXPECT_GE(impl->calls, 3);
+    // Saving would silently drop the quantized weights.
+    EXPECT_EQ(SaveModel(*model, ::testing::TempDir() + "/swapped").code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(LinearImplTest, RejectsBadSwaps) {
+  auto model = RandomModel(TinyConfig());
+  auto params = model->named_parameters();
+  auto q = std::make_shared<CopiedLinear>(
+      params["model.layers.0.self_attn.q_proj.weight"], at::Tensor());
+  EXPECT_EQ(model->SetLinearImpl(2, "self_attn.q_proj", q).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->SetLinearImpl(0, "self_attn.x_proj", q).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->SetLinearImpl(0, "mlp.down_proj", q).code(),
+            absl::StatusCode::kInvalidArgument);  // wrong shape
+  EXPECT_EQ(model->SetLinearImpl(0, "self_attn.q_proj", nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(model->has_linear_impls());
+  EXPECT_EQ(model->quantization(), "none");
+}
+
 }  // namespace
 }  // namespace hearth::model

@@ -2,11 +2,14 @@
 //
 // A model is either a Hugging Face folder (config.json + model.safetensors, or
 // shards named by model.safetensors.index.json) or a llama-architecture .gguf
-// file (dequantized to float on load). Saving writes a Hugging Face folder that
-// transformers' from_pretrained, vLLM and hearth itself load: config.json plus
-// one model.safetensors with HF tensor names (lm_head.weight omitted when tied,
-// as save_pretrained does), each file written to a temp name, fsync'd and
-// renamed.
+// file. Quantized checkpoints (GPTQ v1 and AWQ GEMM folders, hearth's INT8
+// folders, GGUF Q8_0/Q4_0) keep their linears quantized in common/quant's
+// kernels (LlamaForCausalLM::SetLinearImpl) when loaded for the CPU in float32,
+// and are expanded into the float parameters otherwise. Saving writes a Hugging
+// Face folder that transformers' from_pretrained, vLLM and hearth itself load:
+// config.json plus one model.safetensors with HF tensor names (lm_head.weight
+// omitted when tied, as save_pretrained does), each file written to a temp
+// name, fsync'd and renamed.
 //
 //   HEARTH_ASSIGN_OR_RETURN(auto model, LoadModel("models/tiny-student"));
 //   HEARTH_RETURN_IF_ERROR(SaveModel(*model, "models/tiny-student-2"));
@@ -28,7 +31,16 @@
 #include "common/formats/hf_config.h"
 #include "common/model/llama_model.h"
 
+namespace hearth::formats {
+struct TensorView;
+}  // namespace hearth::formats
+
 namespace hearth::model {
+
+// A zero-copy CPU tensor over a mapped checkpoint tensor, in its stored dtype
+// (uint8 for types torch lacks). Valid while the reader lives; never write
+// through it (the mapping is read-only).
+at::Tensor TensorFromView(const formats::TensorView& view);
 
 struct LoadOptions {
   c10::Device device = c10::Device(c10::kCPU);
@@ -43,11 +55,12 @@ c10::ScalarType DefaultDtype(
     const formats::LlamaConfig& config, c10::Device device,
     std::optional<c10::ScalarType> requested = std::nullopt);
 
-// Loads a model folder or a .gguf file. NotFound when the path does not exist;
-// InvalidArgument naming the tensor when one is missing, mis-shaped or not a
-// float type; Unimplemented for quantized folders (quantization_config), which
-// need the quantizer's loader; other errors from the formats library name the
-// file.
+// Loads a model folder or a .gguf file; model->quantization() says what the
+// weights are ("none", "gptq-int4", "awq-int4", "int8-dynamic",
+// "gguf-q4_0", ...). NotFound when the path does not exist; InvalidArgument
+// naming the tensor when one is missing, mis-shaped or not a float type, or
+// for an unsupported quantization_config; other errors from the formats
+// library name the file.
 absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadModel(
     const std::string& path, const LoadOptions& options = {});
 

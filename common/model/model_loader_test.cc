@@ -5,11 +5,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
 
 #include "common/formats/gguf.h"
 #include "common/formats/gguf_llama.h"
 #include "common/formats/safetensors.h"
+#include "common/quant/quant_core.h"
 
 namespace hearth::model {
 namespace {
@@ -252,14 +255,97 @@ TEST_F(LoaderTest, BadPathsAndFiles) {
   EXPECT_FALSE(LoadModel((dir_ / "bad.gguf").string()).ok());
 }
 
-TEST_F(LoaderTest, QuantizedFolderIsUnimplemented) {
-  auto model = Random(TinyConfig());
-  ASSERT_TRUE(SaveModel(*model, dir_.string()).ok());
-  formats::LlamaConfig c = model->config();
-  c.quantization_config = nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}};
-  std::ofstream(dir_ / "config.json") << formats::LlamaConfigToJson(c);
-  EXPECT_EQ(LoadModel(dir_.string()).status().code(),
-            absl::StatusCode::kUnimplemented);
+// A GPTQ v1 folder (RTN codes, sym 4-bit, group 32) is loaded with its linears
+// kept packed, and computes what the dequantized weights compute.
+TEST_F(LoaderTest, GptqFolderLoadsQuantized) {
+  formats::LlamaConfig c = TinyConfig();
+  c.intermediate_size = 64;  // Quantized rows are whole groups of 32.
+  auto model = Random(c);
+  std::map<std::string, at::Tensor> dequantized;
+  formats::SafetensorsWriter writer;
+  std::vector<at::Tensor> keep;
+  auto add = [&](const std::string& name, formats::DType dtype, at::Tensor t) {
+    keep.push_back(t.contiguous());
+    writer.Add(name, dtype, keep.back().sizes().vec(), keep.back().data_ptr(),
+               keep.back().numel() * keep.back().element_size());
+  };
+  std::set<std::string> linears;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (const std::string& n : LayerLinearNames()) {
+      linears.insert("model.layers." + std::to_string(l) + "." + n);
+    }
+  }
+  for (const auto& p : model->named_parameters()) {
+    at::Tensor t = p.value().detach();
+    const std::string prefix = p.key().substr(0, p.key().rfind('.'));
+    if (linears.count(prefix) == 0) {
+      add(p.key(), formats::DType::kF32, t);
+      dequantized[p.key()] = t;
+      continue;
+    }
+    quant::QuantizedWeight q =
+        quant::RtnQuantize(t, {4, 32, true}, quant::RangeRule::kGptq);
+    auto g = quant::PackGptq(q);
+    ASSERT_TRUE(g.ok()) << g.status();
+    add(prefix + ".qweight", formats::DType::kI32, g->qweight);
+    add(prefix + ".qzeros", formats::DType::kI32, g->qzeros);
+    add(prefix + ".scales", formats::DType::kF16, g->scales);
+    add(prefix + ".g_idx", formats::DType::kI32, g->g_idx);
+    dequantized[p.key()] = q.Dequantize();
+  }
+  ASSERT_TRUE(writer.WriteFile((dir_ / "model.safetensors").string()).ok());
+  formats::LlamaConfig qc = c;
+  qc.quantization_config = nlohmann::json{{"quant_method", "gptq"},
+                                          {"bits", 4},
+                                          {"group_size", 32},
+                                          {"sym", true},
+                                          {"desc_act", false}};
+  std::ofstream(dir_ / "config.json") << formats::LlamaConfigToJson(qc);
+
+  auto loaded = LoadModel(dir_.string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->quantization(), "gptq-int4");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (const std::string& n : LayerLinearNames()) {
+      const LinearImpl* impl = (*loaded)->linear_impl(l, n);
+      ASSERT_NE(impl, nullptr) << n;
+      EXPECT_EQ(impl->Describe(), "w4g32");
+    }
+  }
+  auto reference = ModelFromTensors(c, dequantized);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  EXPECT_LT((Logits(**loaded) - Logits(**reference)).abs().max().item<double>(),
+            1e-4);
+  // The layers' linears take 4-bit codes and one (scale, offset) per 32.
+  EXPECT_LT((*loaded)->LayerLinearBytes(),
+            0.2 * (*reference)->LayerLinearBytes());
+  // Where the kernels do not run (here float64), the weights are expanded.
+  LoadOptions f64;
+  f64.dtype = c10::kDouble;
+  auto expanded = LoadModel(dir_.string(), f64);
+  ASSERT_TRUE(expanded.ok()) << expanded.status();
+  EXPECT_FALSE((*expanded)->has_linear_impls());
+  EXPECT_LT(
+      (Logits(**expanded) - Logits(**reference)).abs().max().item<double>(),
+      1e-4);
+
+  // Unsupported method, and a missing packed tensor, each named.
+  formats::LlamaConfig bad = qc;
+  bad.quantization_config["quant_method"] = "bitsandbytes";
+  std::ofstream(dir_ / "config.json") << formats::LlamaConfigToJson(bad);
+  absl::Status s = LoadModel(dir_.string()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("bitsandbytes"), std::string::npos) << s;
+  std::ofstream(dir_ / "config.json") << formats::LlamaConfigToJson(qc);
+  ASSERT_TRUE(SaveModel(**reference, (dir_ / "float").string()).ok());
+  fs::copy_file(dir_ / "float" / "model.safetensors",
+                dir_ / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  s = LoadModel(dir_.string()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("model.layers.0.self_attn.q_proj.qweight"),
+            std::string::npos)
+      << s;
 }
 
 TEST_F(LoaderTest, ModelFromTensors) {
@@ -281,7 +367,9 @@ TEST_F(LoaderTest, ModelFromTensors) {
 TEST_F(LoaderTest, GgufRoundTrip) {
   // Export through the formats library (as `hearth` does) and load the .gguf
   // back.
-  auto model = Random(TinyConfig());
+  formats::LlamaConfig c = TinyConfig();
+  c.intermediate_size = 64;  // Q4_0 / Q8_0 blocks are 32 columns.
+  auto model = Random(c);
   const std::string folder = (dir_ / "hf").string();
   ASSERT_TRUE(SaveModel(*model, folder).ok());
   // A minimal byte-level tokenizer.json so the exporter has a vocabulary.
@@ -307,8 +395,39 @@ TEST_F(LoaderTest, GgufRoundTrip) {
   if (!exported.ok()) GTEST_SKIP() << "GGUF export unavailable: " << exported;
   auto loaded = LoadModel(gguf);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->quantization(), "gguf-f32");
+  EXPECT_FALSE((*loaded)->has_linear_impls());
   EXPECT_LT((Logits(*model) - Logits(**loaded)).abs().max().item<double>(),
             1e-4);
+
+  // Q8_0 / Q4_0: the linears stay quantized (on the CPU in float32) and
+  // compute what the same file expanded to float64 computes.
+  for (auto [type, label] :
+       {std::pair{formats::GgmlType::kQ8_0, "gguf-q8_0"},
+        std::pair{formats::GgmlType::kQ4_0, "gguf-q4_0"}}) {
+    SCOPED_TRACE(label);
+    const std::string q = (dir_ / (std::string(label) + ".gguf")).string();
+    ASSERT_TRUE(formats::ExportLlamaGguf(folder, q, type).ok());
+    auto quantized = LoadModel(q);
+    ASSERT_TRUE(quantized.ok()) << quantized.status();
+    EXPECT_EQ((*quantized)->quantization(), label);
+    ASSERT_NE((*quantized)->linear_impl(1, "mlp.down_proj"), nullptr);
+    LoadOptions f64;
+    f64.dtype = c10::kDouble;
+    auto expanded = LoadModel(q, f64);
+    ASSERT_TRUE(expanded.ok()) << expanded.status();
+    EXPECT_FALSE((*expanded)->has_linear_impls());
+    EXPECT_LT((Logits(**quantized) - Logits(**expanded).to(at::kFloat))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-4);
+    // And it is still the model: close to the float logits.
+    const at::Tensor ref = Logits(*model);
+    EXPECT_LT((Logits(**quantized) - ref).abs().max().item<double>(),
+              (type == formats::GgmlType::kQ8_0 ? 0.05 : 0.5) *
+                  ref.abs().max().item<double>());
+  }
 }
 
 }  // namespace

@@ -6,6 +6,12 @@
 #include <limits>
 
 namespace hearth::quantizer {
+
+using quant::FakeQuantize;
+using quant::FindParams;
+using quant::QuantParams;
+using quant::QuantScheme;
+using quant::RangeRule;
 namespace {
 
 int64_t GroupSize(const QuantScheme& scheme, int64_t in) {

@@ -17,7 +17,7 @@
 #include <functional>
 #include <vector>
 
-#include "services/quantizer/quant_core.h"
+#include "common/quant/quant_core.h"
 
 namespace hearth::quantizer {
 
@@ -38,18 +38,19 @@ struct AwqScaleResult {
 // divides the producing op by them.
 AwqScaleResult AwqSearchScales(const at::Tensor& x,
                                const std::vector<at::Tensor>& weights,
-                               const QuantScheme& scheme, int grid_size,
+                               const quant::QuantScheme& scheme, int grid_size,
                                const AwqBlockFn& block);
 
 // Clips `weight` [out, in] in place to the per-(row, group) max |w| that
 // minimises the group's output error on `x` [tokens, in] (at most 512 tokens
 // are used, sampled evenly).
 void AwqClip(at::Tensor& weight, const at::Tensor& x,
-             const QuantScheme& scheme);
+             const quant::QuantScheme& scheme);
 
 // The fake quantizer AWQ searches with (asym min/max per group, or GPTQ's
 // symmetric rule when scheme.symmetric).
-at::Tensor AwqFakeQuantize(const at::Tensor& weight, const QuantScheme& scheme);
+at::Tensor AwqFakeQuantize(const at::Tensor& weight,
+                           const quant::QuantScheme& scheme);
 
 }  // namespace hearth::quantizer
 

@@ -6,6 +6,8 @@
 #include "services/quantizer/smoothquant.h"
 
 namespace hearth::quantizer {
+
+using quant::QuantScheme;
 namespace {
 
 TEST(AwqTest, ScaleSearchBeatsRtnWithSalientChannels) {

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/model/kv_cache.h"
+
 namespace hearth::quantizer {
 namespace {
 
@@ -27,7 +29,7 @@ int64_t ProcStatusKb(const std::string& key) {
 
 }  // namespace
 
-double Perplexity(const QuantizedLlama& model,
+double Perplexity(model::LlamaForCausalLM& model,
                   const std::vector<int64_t>& tokens, int64_t seq_len,
                   int64_t max_windows) {
   torch::NoGradGuard no_grad;
@@ -43,7 +45,7 @@ double Perplexity(const QuantizedLlama& model,
         torch::from_blob(const_cast<int64_t*>(tokens.data()) + start,
                          {1, seq_len}, torch::kLong)
             .clone();
-    at::Tensor logits = model.Forward(ids);
+    at::Tensor logits = model.Forward(ids).logits;
     at::Tensor logp = at::log_softmax(logits[0].narrow(0, 0, seq_len - 1), -1);
     at::Tensor target = ids[0].narrow(0, 1, seq_len - 1);
     nll -= logp.gather(1, target.unsqueeze(1)).sum().item<double>();
@@ -52,21 +54,35 @@ double Perplexity(const QuantizedLlama& model,
   return count == 0 ? std::nan("") : std::exp(nll / count);
 }
 
-double DecodeTokensPerSecond(const QuantizedLlama& model, int64_t batch,
+double DecodeTokensPerSecond(model::LlamaForCausalLM& model, int64_t batch,
                              int64_t steps) {
-  torch::NoGradGuard no_grad;
   const int64_t prompt = 8;
-  DecodeCache cache = model.NewCache(batch, prompt + steps + 1);
+  model::KvCacheOptions options;
+  options.capacity_tokens = batch * (prompt + steps + 16);
+  auto cache = model::KvCache::Create(model.CacheDims(), options);
+  if (!cache.ok()) return 0;
   const int64_t vocab = model.config().vocab_size;
-  at::Tensor ids = torch::arange(batch * prompt, torch::kLong)
-                       .remainder(vocab)
-                       .view({batch, prompt});
-  at::Tensor logits = model.Step(cache, ids);
-  at::Tensor next = logits.argmax(-1).view({batch, 1});
+  std::vector<model::SequenceInput> batch_in(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    if (!(*cache)->AddSequence(b).ok()) return 0;
+    batch_in[b].id = b;
+    for (int64_t t = 0; t < prompt; ++t) {
+      batch_in[b].tokens.push_back((b * prompt + t) % vocab);
+    }
+  }
+  auto step = [&]() -> bool {
+    auto logits = model.Step(**cache, batch_in);
+    if (!logits.ok()) return false;
+    at::Tensor next = logits->argmax(-1).contiguous();
+    for (int64_t b = 0; b < batch; ++b) {
+      batch_in[b].tokens.assign(1, next[b].item<int64_t>());
+    }
+    return true;
+  };
+  if (!step()) return 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t s = 0; s < steps; ++s) {
-    logits = model.Step(cache, next);
-    next = logits.argmax(-1).view({batch, 1});
+    if (!step()) return 0;
   }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)

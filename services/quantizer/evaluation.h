@@ -7,20 +7,21 @@
 #include <string>
 #include <vector>
 
-#include "services/quantizer/quantized_llama.h"
+#include "common/model/llama_model.h"
 
 namespace hearth::quantizer {
 
 // exp(mean next-token cross-entropy) over consecutive non-overlapping
 // windows of `seq_len` tokens (at most `max_windows`; the last partial one is
 // dropped unless it is the only one).
-double Perplexity(const QuantizedLlama& model,
+double Perplexity(model::LlamaForCausalLM& model,
                   const std::vector<int64_t>& tokens, int64_t seq_len,
                   int64_t max_windows);
 
 // Greedy-free decode throughput: `batch` sequences prefilled with 8 tokens,
-// then `steps` single-token steps; tokens per second over the steps.
-double DecodeTokensPerSecond(const QuantizedLlama& model, int64_t batch,
+// then `steps` single-token steps through a paged KV cache (Step(), as the
+// worker runs it); tokens per second over the steps, 0 on error.
+double DecodeTokensPerSecond(model::LlamaForCausalLM& model, int64_t batch,
                              int64_t steps);
 
 // Total size of a file or of the files in a folder.

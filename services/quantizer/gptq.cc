@@ -9,6 +9,14 @@
 
 namespace hearth::quantizer {
 
+using quant::FindParams;
+using quant::QuantizedWeight;
+using quant::QuantizeToCodes;
+using quant::QuantParams;
+using quant::QuantScheme;
+using quant::RangeRule;
+using quant::ValidateScheme;
+
 HessianAccumulator::HessianAccumulator(int64_t in_features)
     : h_(torch::zeros({in_features, in_features}, torch::kFloat)) {}
 

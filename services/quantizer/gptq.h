@@ -18,7 +18,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
-#include "services/quantizer/quant_core.h"
+#include "common/quant/quant_core.h"
 
 namespace hearth::quantizer {
 
@@ -44,7 +44,7 @@ class HessianAccumulator {
 };
 
 struct GptqResult {
-  QuantizedWeight weight;
+  quant::QuantizedWeight weight;
   // sum over rows and columns of (w - q)^2 / d^2, the reference's "error".
   double loss = 0;
 };
@@ -53,7 +53,7 @@ struct GptqResult {
 // or a Hessian that stays indefinite after damping.
 absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& weight,
                                         const at::Tensor& hessian,
-                                        const QuantScheme& scheme,
+                                        const quant::QuantScheme& scheme,
                                         const GptqConfig& config);
 
 }  // namespace hearth::quantizer

@@ -4,6 +4,12 @@
 #include <torch/torch.h>
 
 namespace hearth::quantizer {
+
+using quant::QuantizedWeight;
+using quant::QuantScheme;
+using quant::RangeRule;
+using quant::RtnQuantize;
+using quant::SequentialGroupIndex;
 namespace {
 
 // Correlated inputs: a few latent factors mixed into every channel, plus

@@ -11,13 +11,17 @@
 #include "absl/strings/str_format.h"
 #include "common/formats/gguf_llama.h"
 #include "common/formats/safetensors.h"
+#include "common/model/model_loader.h"
 #include "common/status/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "services/quantizer/calibration.h"
 #include "services/quantizer/evaluation.h"
-#include "services/quantizer/quantized_llama.h"
+#include "services/quantizer/quantize_model.h"
 
 namespace hearth::quantizer {
+
+using quant::QuantScheme;
+using quant::ValidateScheme;
 namespace {
 
 namespace fs = std::filesystem;
@@ -314,8 +318,8 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
     ctx.ReportProgress(0.85, "evaluating fp32");
     int64_t rss0 = ResidentBytes();
     HEARTH_ASSIGN_OR_RETURN(auto float_tensors, LoadFloatTensors(src));
-    HEARTH_ASSIGN_OR_RETURN(
-        auto before, QuantizedLlama::FromFloatTensors(config, float_tensors));
+    HEARTH_ASSIGN_OR_RETURN(auto before,
+                            model::ModelFromTensors(config, float_tensors));
     const int64_t seq =
         std::min<int64_t>(std::min<int64_t>(spec.sequence_length, 256),
                           config.max_position_embeddings);
@@ -337,13 +341,15 @@ absl::Status RunQuantizeJob(const std::string& model_repo,
     if (ctx.Cancelled()) return absl::CancelledError("cancelled");
     ctx.ReportProgress(0.92, "evaluating quantized");
     rss0 = ResidentBytes();
-    HEARTH_ASSIGN_OR_RETURN(auto after, QuantizedLlama::Load(model_folder));
+    HEARTH_ASSIGN_OR_RETURN(auto after, model::LoadModel(model_folder));
     const int64_t after_rss = ResidentBytes() - rss0;
-    rows.push_back(
-        {after->Describe(), Perplexity(*after, split.held_out, seq, windows),
-         DecodeTokensPerSecond(*after, 1, 16),
-         DecodeTokensPerSecond(*after, 16, 16), after->LayerLinearBytes(),
-         DiskBytes(model_folder), after_rss});
+    const model::LinearImpl* first = after->linear_impl(0, "self_attn.q_proj");
+    rows.push_back({first != nullptr ? first->Describe() : "f32",
+                    Perplexity(*after, split.held_out, seq, windows),
+                    DecodeTokensPerSecond(*after, 1, 16),
+                    DecodeTokensPerSecond(*after, 16, 16),
+                    after->LayerLinearBytes(), DiskBytes(model_folder),
+                    after_rss});
     metrics["perplexity_before"] = rows[0].ppl;
     metrics["perplexity_after"] = rows[1].ppl;
     metrics["size_on_disk_bytes"] = static_cast<double>(rows[1].disk);

@@ -10,7 +10,6 @@
 
 #include "common/model/model_loader.h"
 #include "nlohmann/json.hpp"
-#include "services/quantizer/quantized_llama.h"
 
 namespace hearth::quantizer {
 namespace {
@@ -129,9 +128,9 @@ TEST_F(QuantizeJobTest, MethodsSucceedWithReports) {
     std::cout << spec["method"] << "\n" << rec->message << "\n";
     if (spec["method"] == "QUANTIZATION_METHOD_GGUF") {
       for (const auto& [role, path] : rec->artifacts) {
-        auto m = QuantizedLlama::Load(path);
+        auto m = model::LoadModel(path);
         ASSERT_TRUE(m.ok()) << path << ": " << m.status();
-        std::cout << role << " " << path << " " << (*m)->Describe() << "\n";
+        std::cout << role << " " << path << " " << (*m)->quantization() << "\n";
       }
       continue;
     }

@@ -8,13 +8,27 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/formats/safetensors.h"
+#include "common/model/llama_model.h"
+#include "common/model/model_loader.h"
 #include "common/status/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "services/quantizer/awq.h"
-#include "services/quantizer/quantized_llama.h"
 #include "services/quantizer/smoothquant.h"
 
 namespace hearth::quantizer {
+
+using model::LayerLinearNames;
+using model::LayerTaps;
+using quant::AwqTensors;
+using quant::GptqTensors;
+using quant::PackAwq;
+using quant::PackGptq;
+using quant::QuantizedWeight;
+using quant::QuantScheme;
+using quant::RangeRule;
+using quant::RtnQuantize;
+using quant::ValidateScheme;
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -64,10 +78,8 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
     scheme.bits = 8;
     scheme.symmetric = true;
   }
-  // Own copies: the methods update weights and norms in place, and the
-  // caller's tensors may share storage with a live model. (A caller that
-  // moved its map in frees each original as its copy is made.)
-  for (auto& [name, t] : tensors) t = t.to(at::kFloat).clone();
+  // The methods update weights and norms in place: they do so in the
+  // calibration model's own copies (below), never in the caller's tensors.
   // Validate every linear's row length up front: a bad group size is the
   // caller's error, not a failure halfway through.
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
@@ -95,8 +107,13 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
     return absl::InvalidArgumentError(
         "calibration: this method needs calibration text");
   }
-  HEARTH_ASSIGN_OR_RETURN(auto model,
-                          QuantizedLlama::FromFloatTensors(config, tensors));
+  // The calibration forward runs in common/model's LlamaForCausalLM. The map
+  // is pointed at its parameters, so the in-place updates below (quantized
+  // weights, AWQ/SmoothQuant folding into weights and norms) are the model's.
+  HEARTH_ASSIGN_OR_RETURN(auto model, model::ModelFromTensors(config, tensors));
+  for (auto& item : model->named_parameters(/*recurse=*/true)) {
+    tensors[item.key()] = item.value().detach();
+  }
   QuantizedModel result;
   result.config = config;
   result.options = options;
@@ -124,12 +141,16 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
   } else {
     const int64_t S = calibration.size(0), T = calibration.size(1);
     const int64_t chunk = std::max<int64_t>(1, options.chunk);
-    at::Tensor X = model->Embed(calibration);  // [S, T, H]
+    at::Tensor X = at::embedding(model->embed_tokens_weight().detach(),
+                                 calibration.to(at::kLong));  // [S, T, H]
     auto for_chunks = [&](const std::function<void(int64_t, int64_t)>& fn) {
       for (int64_t s0 = 0; s0 < S; s0 += chunk) fn(s0, std::min(chunk, S - s0));
     };
     for (int64_t li = 0; li < L; ++li) {
-      QuantizedLayer& layer = model->layer(li);
+      at::Tensor& norm_in =
+          tensors[LinearPrefix(li, "input_layernorm") + ".weight"];
+      at::Tensor& norm_post =
+          tensors[LinearPrefix(li, "post_attention_layernorm") + ".weight"];
       auto W = [&](const std::string& n) -> at::Tensor& {
         return tensors[LinearPrefix(li, n) + ".weight"];
       };
@@ -145,8 +166,7 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
       };
       auto next_inputs = [&]() {
         for_chunks([&](int64_t s0, int64_t n) {
-          X.narrow(0, s0, n).copy_(model->RunLayer(
-              layer, li, X.narrow(0, s0, n), 0, nullptr, nullptr));
+          X.narrow(0, s0, n).copy_(model->ForwardLayer(li, X.narrow(0, s0, n)));
         });
       };
 
@@ -166,7 +186,7 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
           for_chunks([&](int64_t s0, int64_t n) {
             LayerTaps taps;
             taps.stop_after = stage;
-            model->RunLayer(layer, li, X.narrow(0, s0, n), 0, nullptr, &taps);
+            model->ForwardLayer(li, X.narrow(0, s0, n), &taps);
             const at::Tensor& x = stage == 1   ? taps.attn_in
                                   : stage == 2 ? taps.o_in
                                   : stage == 3 ? taps.mlp_in
@@ -187,8 +207,7 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
         ActivationRange r_attn, r_o, r_mlp, r_down;
         for_chunks([&](int64_t s0, int64_t n) {
           LayerTaps taps;
-          at::Tensor y =
-              model->RunLayer(layer, li, X.narrow(0, s0, n), 0, nullptr, &taps);
+          at::Tensor y = model->ForwardLayer(li, X.narrow(0, s0, n), &taps);
           r_attn.Add(taps.attn_in);
           r_o.Add(taps.o_in);
           r_mlp.Add(taps.mlp_in);
@@ -203,13 +222,13 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
                                 {W("self_attn.q_proj"), W("self_attn.k_proj"),
                                  W("self_attn.v_proj")},
                                 options.smoothquant_alpha);
-          ApplySmoothing(s_attn, layer.norm_in,
+          ApplySmoothing(s_attn, norm_in,
                          {&W("self_attn.q_proj"), &W("self_attn.k_proj"),
                           &W("self_attn.v_proj")});
           s_mlp = SmoothQuantScales(r_mlp.channel_absmax(),
                                     {W("mlp.gate_proj"), W("mlp.up_proj")},
                                     options.smoothquant_alpha);
-          ApplySmoothing(s_mlp, layer.norm_post,
+          ApplySmoothing(s_mlp, norm_post,
                          {&W("mlp.gate_proj"), &W("mlp.up_proj")});
         }
         auto scale_of = [](const at::Tensor& channel_absmax) {
@@ -236,32 +255,30 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
         const int64_t sub = std::max<int64_t>(1, std::min(S, 4096 / T));
         at::Tensor x_sub = X.narrow(0, 0, sub).clone();
         LayerTaps taps;
-        model->RunLayer(layer, li, x_sub, 0, nullptr, &taps);
+        model->ForwardLayer(li, x_sub, &taps);
         auto flat = [](const at::Tensor& t) {
           return t.reshape({-1, t.size(-1)});
         };
         // (a) input_layernorm -> q, k, v; loss on the attention output.
         {
+          // Candidates go into the model's q/k/v for the layer run; the
+          // search itself works on copies, which are put back after.
+          const std::vector<at::Tensor> qkv = {W("self_attn.q_proj").clone(),
+                                               W("self_attn.k_proj").clone(),
+                                               W("self_attn.v_proj").clone()};
+          const char* qkv_names[] = {"self_attn.q_proj", "self_attn.k_proj",
+                                     "self_attn.v_proj"};
           AwqBlockFn block = [&](const std::vector<at::Tensor>& ws) {
-            QuantizedLayer tmp;
-            tmp.norm_in = layer.norm_in;
-            tmp.q = std::make_unique<FloatLinear>(ws[0], B("self_attn.q_proj"));
-            tmp.k = std::make_unique<FloatLinear>(ws[1], B("self_attn.k_proj"));
-            tmp.v = std::make_unique<FloatLinear>(ws[2], B("self_attn.v_proj"));
-            tmp.o = std::make_unique<FloatLinear>(W("self_attn.o_proj"),
-                                                  B("self_attn.o_proj"));
+            for (int j = 0; j < 3; ++j) W(qkv_names[j]).copy_(ws[j]);
             LayerTaps t;
             t.stop_after = 3;
-            tmp.norm_post = layer.norm_post;
-            model->RunLayer(tmp, li, x_sub, 0, nullptr, &t);
+            model->ForwardLayer(li, x_sub, &t);
             return t.attn_out;
           };
-          AwqScaleResult r =
-              AwqSearchScales(flat(taps.attn_in),
-                              {W("self_attn.q_proj"), W("self_attn.k_proj"),
-                               W("self_attn.v_proj")},
-                              scheme, options.awq_grid, block);
-          ApplySmoothing(r.scales, layer.norm_in,
+          AwqScaleResult r = AwqSearchScales(flat(taps.attn_in), qkv, scheme,
+                                             options.awq_grid, block);
+          for (int j = 0; j < 3; ++j) W(qkv_names[j]).copy_(qkv[j]);
+          ApplySmoothing(r.scales, norm_in,
                          {&W("self_attn.q_proj"), &W("self_attn.k_proj"),
                           &W("self_attn.v_proj")});
           taps.attn_in = taps.attn_in / r.scales;
@@ -295,7 +312,7 @@ absl::StatusOr<QuantizedModel> QuantizeModel(
           AwqScaleResult r =
               AwqSearchScales(x, {W("mlp.gate_proj"), W("mlp.up_proj")}, scheme,
                               options.awq_grid, block);
-          ApplySmoothing(r.scales, layer.norm_post,
+          ApplySmoothing(r.scales, norm_post,
                          {&W("mlp.gate_proj"), &W("mlp.up_proj")});
           taps.mlp_in = taps.mlp_in / r.scales;
         }
@@ -351,6 +368,22 @@ FolderFormat DefaultFolderFormat(const QuantizeOptions& options) {
     default:
       return FolderFormat::kGptq;
   }
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> LoadFloatTensors(
+    const std::string& folder) {
+  HEARTH_ASSIGN_OR_RETURN(auto reader, formats::CheckpointReader::Open(folder));
+  std::map<std::string, at::Tensor> out;
+  for (const std::string& name : reader->TensorNames()) {
+    const formats::TensorView* v = reader->Find(name);
+    at::Tensor t = model::TensorFromView(*v);
+    if (!c10::isFloatingType(t.scalar_type())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(folder, ": tensor ", name, " is not a float tensor"));
+    }
+    out[name] = t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  }
+  return out;
 }
 
 std::map<std::string, at::Tensor> FakeQuantizedTensors(

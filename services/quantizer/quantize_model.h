@@ -25,8 +25,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/formats/hf_config.h"
+#include "common/quant/quant_core.h"
 #include "services/quantizer/gptq.h"
-#include "services/quantizer/quant_core.h"
 
 namespace hearth::quantizer {
 
@@ -34,7 +34,7 @@ enum class Method { kRtn, kDynamicInt8, kStaticInt8, kGptq, kAwq };
 
 struct QuantizeOptions {
   Method method = Method::kRtn;
-  QuantScheme scheme;
+  quant::QuantScheme scheme;
   GptqConfig gptq;
   int awq_grid = 20;
   bool awq_clip = true;
@@ -50,7 +50,7 @@ struct QuantizedModel {
   formats::LlamaConfig config;
   QuantizeOptions options;
   std::map<std::string, at::Tensor> float_tensors;
-  std::map<std::string, QuantizedWeight> weights;
+  std::map<std::string, quant::QuantizedWeight> weights;
   std::map<std::string, double> input_scales;  // static INT8 only
 };
 
@@ -79,7 +79,12 @@ absl::Status WriteQuantizedFolder(const QuantizedModel& model,
                                   const std::string& source_folder,
                                   const std::string& folder);
 
-// Replaces the linears of a float QuantizedLlama-compatible tensor map with
+// Loads every tensor of an HF float folder as float32 CPU tensors (the input
+// of QuantizeModel). InvalidArgument naming a tensor that is not float.
+absl::StatusOr<std::map<std::string, at::Tensor>> LoadFloatTensors(
+    const std::string& folder);
+
+// Replaces the linears of an HF float tensor map with
 // the dequantized weights (fake quantization) — used by tests to compare the
 // quantized runtime with its float reference.
 std::map<std::string, at::Tensor> FakeQuantizedTensors(

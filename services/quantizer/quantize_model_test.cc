@@ -9,7 +9,6 @@
 #include "common/model/model_loader.h"
 #include "services/quantizer/calibration.h"
 #include "services/quantizer/evaluation.h"
-#include "services/quantizer/quantized_llama.h"
 
 namespace hearth::quantizer {
 namespace {
@@ -55,26 +54,27 @@ class QuantizeModelTest : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(QuantizeModelTest, FloatRuntimeMatchesLlamaForCausalLM) {
-  auto q = QuantizedLlama::FromFloatTensors(TinyConfig(), tensors_);
-  ASSERT_TRUE(q.ok()) << q.status();
-  at::Tensor ids = calibration_.narrow(0, 0, 2);
-  torch::NoGradGuard no_grad;
-  at::Tensor ref = model_->Forward(ids).logits;
-  at::Tensor got = (*q)->Forward(ids);
-  EXPECT_TRUE(torch::allclose(got, ref, 1e-4, 1e-4))
-      << (got - ref).abs().max().item<float>();
-  // Incremental decoding agrees with the teacher-forced forward.
-  DecodeCache cache = (*q)->NewCache(2, 64);
-  (*q)->Step(cache, ids.narrow(1, 0, 40));
-  at::Tensor last;
-  for (int t = 40; t < 64; ++t) last = (*q)->Step(cache, ids.narrow(1, t, 1));
-  EXPECT_TRUE(torch::allclose(last, ref.select(1, 63), 1e-4, 1e-4));
+double LogitError(model::LlamaForCausalLM& q, const at::Tensor& ref,
+                  const at::Tensor& ids) {
+  return (q.Forward(ids).logits - ref).pow(2).mean().item<double>();
 }
 
-double LogitError(const QuantizedLlama& q, const at::Tensor& ref,
-                  const at::Tensor& ids) {
-  return (q.Forward(ids) - ref).pow(2).mean().item<double>();
+// Greedy continuation of `prompt` through Step() and a paged KV cache.
+std::vector<int64_t> Greedy(model::LlamaForCausalLM& m,
+                            const std::vector<int64_t>& prompt, int n) {
+  auto cache = model::KvCache::Create(m.CacheDims(), {});
+  EXPECT_TRUE(cache.ok());
+  EXPECT_TRUE((*cache)->AddSequence(1).ok());
+  std::vector<int64_t> out;
+  model::SequenceInput in{1, prompt};
+  for (int i = 0; i < n; ++i) {
+    auto logits = m.Step(**cache, {in});
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    if (!logits.ok()) break;
+    out.push_back(logits->argmax(-1)[0].item<int64_t>());
+    in.tokens = {out.back()};
+  }
+  return out;
 }
 
 TEST_F(QuantizeModelTest, MethodsWriteLoadAndRunQuantized) {
@@ -125,21 +125,40 @@ TEST_F(QuantizeModelTest, MethodsWriteLoadAndRunQuantized) {
       }
       ASSERT_TRUE(w.WriteFile(folder + ".dequant.safetensors").ok());
     }
-    auto loaded = QuantizedLlama::Load(folder);
+    // model::LoadModel (what the worker serves) keeps the linears quantized.
+    auto loaded = model::LoadModel(folder);
     ASSERT_TRUE(loaded.ok()) << c.name << ": " << loaded.status();
-    EXPECT_NE((*loaded)->Describe(), "f32");
+    EXPECT_NE((*loaded)->quantization(), "none");
+    ASSERT_NE((*loaded)->linear_impl(1, "mlp.down_proj"), nullptr);
+    EXPECT_EQ(
+        (*loaded)->linear_impl(1, "mlp.down_proj")->Describe().substr(0, 2),
+        c.options.scheme.bits == 4 ? "w4" : "w8");
     // The loaded quantized runtime computes what the fake-quantized float
     // model computes (up to fp16 storage of the unquantized tensors and, for
     // INT8 activations, their quantization).
-    auto fake = QuantizedLlama::FromFloatTensors(TinyConfig(),
-                                                 FakeQuantizedTensors(*qm));
+    auto fake =
+        model::ModelFromTensors(TinyConfig(), FakeQuantizedTensors(*qm));
     ASSERT_TRUE(fake.ok());
     const double err = LogitError(**loaded, ref, ids);
     errors[c.name] = err;
     if (c.options.method != Method::kDynamicInt8 &&
         c.options.method != Method::kStaticInt8) {
-      EXPECT_TRUE(torch::allclose((*loaded)->Forward(ids),
-                                  (*fake)->Forward(ids), 2e-3, 2e-3))
+      EXPECT_TRUE(torch::allclose((*loaded)->Forward(ids).logits,
+                                  (*fake)->Forward(ids).logits, 2e-3, 2e-3))
+          << c.name;
+    }
+    // The paged-cache decode path (Step) agrees with the teacher-forced one.
+    {
+      std::vector<int64_t> prompt(ids[0].data_ptr<int64_t>(),
+                                  ids[0].data_ptr<int64_t>() + 16);
+      std::vector<int64_t> got = Greedy(**loaded, prompt, 8);
+      std::vector<int64_t> seq = prompt;
+      for (int i = 0; i < 8; ++i) {
+        at::Tensor t = torch::tensor(seq, torch::kLong).unsqueeze(0);
+        seq.push_back(
+            (*loaded)->Forward(t).logits[0][-1].argmax().item<int64_t>());
+      }
+      EXPECT_EQ(got, std::vector<int64_t>(seq.begin() + 16, seq.end()))
           << c.name;
     }
     EXPECT_LT((*loaded)->LayerLinearBytes(),

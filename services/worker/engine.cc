@@ -842,7 +842,8 @@ absl::StatusOr<ModelStatus> Engine::LoadModel(
     loaded.push_back(std::move(rm).value());
   }
   if (status.ok()) {
-    auto a = LoadModelAssets(name, resolved, loaded.front().model->config());
+    auto a = LoadModelAssets(name, resolved, loaded.front().model->config(),
+                             loaded.front().model->quantization());
     if (a.ok()) {
       assets = *a;
     } else {

@@ -12,12 +12,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/formats/gguf_llama.h"
 #include "common/model/generator.h"
 #include "common/model/kv_cache.h"
 #include "common/model/model_loader.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "services/quantizer/quantize_model.h"
+#include "services/worker/model_registry.h"
 #include "services/worker/test_models.h"
 #include "services/worker/worker_metrics.h"
 
@@ -115,8 +118,17 @@ class EngineTest : public ::testing::Test {
   // Greedy reference: the model's own generation loop, one prompt at a time.
   std::vector<int32_t> Reference(const std::vector<int32_t>& prompt,
                                  int64_t max_new, bool ignore_eos = true) {
-    auto model = model::LoadModel(*repo_ + "/tiny");
-    EXPECT_TRUE(model.ok());
+    return Generated(*repo_ + "/tiny", prompt, max_new, ignore_eos);
+  }
+
+  // The same for the model at `path`, loaded by model::LoadModel.
+  static std::vector<int32_t> Generated(const std::string& path,
+                                        const std::vector<int32_t>& prompt,
+                                        int64_t max_new,
+                                        bool ignore_eos = true) {
+    auto model = model::LoadModel(path);
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return {};
     auto cache = model::KvCache::Create((*model)->CacheDims(), {});
     EXPECT_TRUE(cache.ok());
     model::SamplingParams p;
@@ -127,6 +139,7 @@ class EngineTest : public ::testing::Test {
         **model, **cache, {std::vector<int64_t>(prompt.begin(), prompt.end())},
         p);
     EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return {};
     return std::vector<int32_t>(out->front().tokens.begin(),
                                 out->front().tokens.end());
   }
@@ -592,6 +605,158 @@ TEST_F(EngineTest, MetricsCountTokensAndOutcomes) {
       prometheus::TextSerializer().Serialize(registry.Collect());
   EXPECT_EQ(after.find("hearth_worker_requests_running" + labels),
             std::string::npos);
+}
+
+// --- Quantized models
+// ----------------------------------------------------------
+//
+// A repository holding one float model and the quantizer's outputs of it: GPTQ
+// and AWQ INT4 folders, a hearth INT8 (dynamic activations) folder and GGUF
+// Q8_0 / Q4_0 files. The worker must serve each quantized (linears kept as
+// INT8 / packed INT4) and give the tokens the same quantized model gives when
+// run directly, one request at a time, whatever the batching.
+class QuantizedEngineTest : public EngineTest {
+ protected:
+  static void SetUpTestSuite() {
+    repo_ = new std::string(
+        absl::StrCat(::testing::TempDir(), "/engine_quant_repo_", getpid()));
+    fs::create_directories(*repo_);
+    // Linears dominate the weights, as in real models, so that the resident
+    // size shows what quantization saves.
+    testing::TinyModelOptions o;
+    o.hidden_size = 256;
+    o.intermediate_size = 512;
+    o.num_heads = 4;
+    o.num_kv_heads = 2;
+    o.init_std = 0.08;
+    o.vocab_size = testing::kByteVocab + 1;  // Room for GGUF's one merge.
+    const std::string src = *repo_ + "/base";
+    ASSERT_TRUE(testing::WriteTinyModel(src, o).ok());
+    auto tensors = quantizer::LoadFloatTensors(src);
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    auto config = formats::LoadLlamaConfig(src + "/config.json");
+    ASSERT_TRUE(config.ok());
+    struct Out {
+      const char* name;
+      quantizer::Method method;
+      quant::QuantScheme scheme;
+      quantizer::FolderFormat format;
+    };
+    const Out outs[] = {
+        {"gptq",
+         quantizer::Method::kRtn,
+         {4, 32, true},
+         quantizer::FolderFormat::kGptq},
+        {"awq",
+         quantizer::Method::kRtn,
+         {4, 32, false},
+         quantizer::FolderFormat::kAwq},
+        {"int8",
+         quantizer::Method::kDynamicInt8,
+         {8, 0, true},
+         quantizer::FolderFormat::kHearthInt8},
+    };
+    for (const Out& out : outs) {
+      quantizer::QuantizeOptions qo;
+      qo.method = out.method;
+      qo.scheme = out.scheme;
+      auto qm = quantizer::QuantizeModel(*config, *tensors, at::Tensor(), qo,
+                                         nullptr);
+      ASSERT_TRUE(qm.ok()) << out.name << ": " << qm.status();
+      ASSERT_TRUE(quantizer::WriteQuantizedFolder(*qm, out.format, src,
+                                                  *repo_ + "/" + out.name)
+                      .ok());
+    }
+    absl::Status q8 = formats::ExportLlamaGguf(src, *repo_ + "/q8.gguf",
+                                               formats::GgmlType::kQ8_0);
+    ASSERT_TRUE(q8.ok()) << q8;
+    absl::Status q4 = formats::ExportLlamaGguf(src, *repo_ + "/q4.gguf",
+                                               formats::GgmlType::kQ4_0);
+    ASSERT_TRUE(q4.ok()) << q4;
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(*repo_, ec);
+    delete repo_;
+  }
+
+  static std::string* repo_;
+};
+
+std::string* QuantizedEngineTest::repo_ = nullptr;
+
+TEST_F(QuantizedEngineTest, ServesEveryFormatQuantizedWithDirectTokens) {
+  EngineOptions options;
+  options.model_repository = *repo_;
+  options.kv_cache_tokens = 2048;
+  options.threads = 2;
+  options.devices = {"cpu"};
+  options.max_batch_tokens = 48;  // Prefill chunks mixed with decode steps.
+  options.max_running_sequences = 8;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+
+  auto base = LoadReplicaModel(*repo_ + "/base", DeviceSpec{"cpu", false, 0},
+                               {.dtype = "auto", .kv_cache_tokens = 64});
+  ASSERT_TRUE(base.ok()) << base.status();
+  const int64_t float_bytes = base->weight_bytes;
+  const int64_t float_linears = base->model->LayerLinearBytes();
+
+  struct Case {
+    std::string name, path, quantization;
+    double max_weight_ratio;  // resident weights / float32's
+    double max_linear_ratio;  // the same for the decoder layers' linears
+  };
+  const std::vector<Case> cases = {
+      // INT4 g32: 4-bit codes + a float (scale, offset) per 32 weights.
+      {"gptq", *repo_ + "/gptq", "gptq-int4", 0.3, 0.19},
+      {"awq", *repo_ + "/awq", "awq-int4", 0.3, 0.19},
+      {"int8", *repo_ + "/int8", "int8-dynamic", 0.4, 0.26},
+      {"q8", *repo_ + "/q8.gguf", "gguf-q8_0", 0.45, 0.32},
+      {"q4", *repo_ + "/q4.gguf", "gguf-q4_0", 0.3, 0.19},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto loaded = (*engine)->LoadModel(c.name);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->quantization, c.quantization);
+
+    // (b) Resident weights: what the replica holds, codes and scales
+    // included.
+    auto rm = LoadReplicaModel(c.path, DeviceSpec{"cpu", false, 0},
+                               {.dtype = "auto", .kv_cache_tokens = 64});
+    ASSERT_TRUE(rm.ok()) << rm.status();
+    ASSERT_NE(rm->model->linear_impl(0, "self_attn.q_proj"), nullptr);
+    EXPECT_LE(rm->weight_bytes, c.max_weight_ratio * float_bytes)
+        << rm->weight_bytes << " vs float " << float_bytes;
+    EXPECT_LE(rm->model->LayerLinearBytes(),
+              c.max_linear_ratio * float_linears);
+
+    // (a) + (c): 6 requests of different lengths at once (continuous
+    // batching, chunked prefill) give the direct one-at-a-time tokens.
+    Collector col;
+    std::vector<GenerationRequest> reqs;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 6; ++i) {
+      prompts.push_back(Prompt(5 + 13 * i, 100 + i));
+      GenerationRequest r;
+      r.sequence_id = absl::StrCat("s", i);
+      r.prompt_token_ids = prompts.back();
+      r.sampling.max_new_tokens = 10 + i;
+      r.sampling.ignore_eos = true;
+      reqs.push_back(r);
+    }
+    auto admitted = (*engine)->Submit(c.name, reqs, col.Callback());
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    for (const auto& a : *admitted) ASSERT_TRUE(a.status.ok()) << a.status;
+    ASSERT_TRUE(col.WaitFinished(6));
+    for (int i = 0; i < 6; ++i) {
+      EXPECT_EQ(col.Get(absl::StrCat("s", i)).tokens,
+                Generated(c.path, prompts[i], 10 + i))
+          << "request " << i;
+    }
+    ASSERT_TRUE((*engine)->UnloadModel(c.name).ok());
+  }
 }
 
 }  // namespace

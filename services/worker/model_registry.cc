@@ -122,7 +122,7 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& repository,
 
 absl::StatusOr<std::shared_ptr<const ModelAssets>> LoadModelAssets(
     const std::string& name, const std::string& path,
-    const formats::LlamaConfig& config) {
+    const formats::LlamaConfig& config, const std::string& quantization) {
   auto assets = std::make_shared<ModelAssets>();
   assets->name = name;
   assets->path = path;
@@ -156,7 +156,9 @@ absl::StatusOr<std::shared_ptr<const ModelAssets>> LoadModelAssets(
       assets->eos_token_ids.push_back(id);
     }
   }
-  if (gguf) {
+  if (!quantization.empty()) {
+    assets->quantization = quantization;
+  } else if (gguf) {
     assets->quantization = "gguf";
   } else if (!config.quantization_config.is_null()) {
     assets->quantization = config.quantization_config.value(
@@ -197,9 +199,8 @@ absl::StatusOr<ReplicaModel> LoadReplicaModel(
   out.model = std::move(loaded).value();
   try {
     out.model->PackForInference();
-    for (const auto& p : out.model->parameters()) {
-      out.weight_bytes += static_cast<int64_t>(p.numel() * p.element_size());
-    }
+    // Quantized linears count as their packed codes and scales.
+    out.weight_bytes = out.model->WeightBytes();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(path, " on ", device.name, ": ",
                                             e.what_without_backtrace()));

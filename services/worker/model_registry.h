@@ -69,7 +69,8 @@ struct ModelAssets {
   formats::GenerationConfig generation;  // Defaults when absent.
   // config's EOS ids plus generation_config.json's.
   std::vector<int64_t> eos_token_ids;
-  // "none", "gguf-f32", "gguf-q8_0", ... (ModelInfo.quantization).
+  // "none", "gptq-int4", "awq-int4", "int8-dynamic", "gguf-q4_0", ...
+  // (ModelInfo.quantization; LlamaForCausalLM::quantization()).
   std::string quantization = "none";
 };
 
@@ -77,10 +78,11 @@ struct ModelAssets {
 // ResolveModelPath), given its parsed `config`. For a .gguf file the tokenizer
 // is looked for in a folder next to it with the file's stem as name (e.g.
 // tiny.gguf → tiny/tokenizer.json), because hearth's tokenizer library does not
-// read GGUF vocabularies yet.
+// read GGUF vocabularies yet. `quantization` is the loaded model's
+// LlamaForCausalLM::quantization(); empty: guessed from the path and config.
 absl::StatusOr<std::shared_ptr<const ModelAssets>> LoadModelAssets(
     const std::string& name, const std::string& path,
-    const formats::LlamaConfig& config);
+    const formats::LlamaConfig& config, const std::string& quantization = "");
 
 // One replica's model and KV cache on one device.
 struct ReplicaModel {

@@ -20,7 +20,7 @@
 #include "gtest/gtest.h"
 #include "hearth/v1/quantization.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "services/quantizer/quantized_llama.h"
+#include "common/model/model_loader.h"
 
 namespace hearth {
 namespace {
@@ -208,17 +208,14 @@ TEST_F(QuantizerIntegrationTest, GptqSurvivesKillAndCancelEndsCancelled) {
   // The output loads and runs, close to the float model.
   {
     torch::NoGradGuard no_grad;
-    auto q = quantizer::QuantizedLlama::Load(out);
+    auto q = model::LoadModel(out);
     ASSERT_TRUE(q.ok()) << q.status();
-    auto tensors = quantizer::LoadFloatTensors(repo_ + "/tiny");
-    ASSERT_TRUE(tensors.ok()) << tensors.status();
-    auto fc = formats::LoadLlamaConfig(repo_ + "/tiny/config.json");
-    ASSERT_TRUE(fc.ok()) << fc.status();
-    auto f = quantizer::QuantizedLlama::FromFloatTensors(*fc, *tensors);
+    EXPECT_EQ((*q)->quantization(), "gptq-int4");
+    auto f = model::LoadModel(repo_ + "/tiny");
     ASSERT_TRUE(f.ok()) << f.status();
     at::Tensor ids = torch::arange(1, 33, torch::kLong).unsqueeze(0);
-    at::Tensor lq = (*q)->Forward(ids);
-    at::Tensor lf = (*f)->Forward(ids);
+    at::Tensor lq = (*q)->Forward(ids).logits;
+    at::Tensor lf = (*f)->Forward(ids).logits;
     ASSERT_EQ(lq.sizes(), lf.sizes());
     const double rel = ((lq - lf).norm() / lf.norm()).item<double>();
     EXPECT_LT(rel, 0.5) << "quantized logits far from the float model";

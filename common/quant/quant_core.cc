@@ -1,4 +1,4 @@
-#include "services/quantizer/quant_core.h"
+#include "common/quant/quant_core.h"
 
 #include <torch/torch.h>
 
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace hearth::quantizer {
+namespace hearth::quant {
 namespace {
 
 // Smallest positive float16 normal: scales below it would lose precision in
@@ -278,4 +278,4 @@ absl::StatusOr<QuantizedWeight> UnpackAwq(const AwqTensors& t, int group_size) {
   return q;
 }
 
-}  // namespace hearth::quantizer
+}  // namespace hearth::quant

@@ -1,4 +1,4 @@
-#include "services/quantizer/quantized_linear.h"
+#include "common/quant/quantized_linear.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/model/cpu_kernels.h"
 
-namespace hearth::quantizer {
+namespace hearth::quant {
 namespace {
 
 bool HasAvx2() {
@@ -71,30 +71,30 @@ __attribute__((target("avx2,fma"))) void DequantRowAvx2(
   }
 }
 
-__attribute__((target("avx2,fma"))) float DotAvx2(const float* a,
-                                                  const float* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    acc0 =
-        _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8),
-                           _mm256_loadu_ps(b + i + 8), acc1);
-    acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16),
-                           _mm256_loadu_ps(b + i + 16), acc2);
-    acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24),
-                           _mm256_loadu_ps(b + i + 24), acc3);
+// Dot products of one activation row with 4 expanded weight rows at once:
+// each load of x feeds 4 FMAs, and 8 independent accumulators hide the FMA
+// latency. n is a multiple of 32 (checked at Create).
+__attribute__((target("avx2,fma"))) void Dot4Avx2(const float* x,
+                                                  const float* const* w,
+                                                  int64_t n, float* out) {
+  __m256 acc[4][2];
+  for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + k);
+    const __m256 x1 = _mm256_loadu_ps(x + k + 8);
+    for (int r = 0; r < 4; ++r) {
+      acc[r][0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w[r] + k), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w[r] + k + 8), acc[r][1]);
+    }
   }
-  __m256 acc =
-      _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
-  __m128 r =
-      _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  r = _mm_hadd_ps(r, r);
-  r = _mm_hadd_ps(r, r);
-  float s = _mm_cvtss_f32(r);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  for (int r = 0; r < 4; ++r) {
+    const __m256 a = _mm256_add_ps(acc[r][0], acc[r][1]);
+    __m128 v =
+        _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    v = _mm_hadd_ps(v, v);
+    v = _mm_hadd_ps(v, v);
+    out[r] = _mm_cvtss_f32(v);
+  }
 }
 
 // Quantize-dequantize activation rows to int8 (per row or with one scale).
@@ -113,19 +113,6 @@ at::Tensor QuantizeActivations(const at::Tensor& x, ActivationMode mode,
 }  // namespace
 
 bool QuantizedKernelAccelerated() { return HasAvx2(); }
-
-at::Tensor FloatLinear::Forward(const at::Tensor& x) const {
-  if (x.dim() == 2 && x.size(0) <= model::kSkinnyMaxRows) {
-    at::Tensor y = model::SkinnyLinear(x.contiguous(), weight_, bias_);
-    if (y.defined()) return y;
-  }
-  return bias_.defined() ? at::linear(x, weight_, bias_)
-                         : at::linear(x, weight_);
-}
-
-int64_t FloatLinear::WeightBytes() const {
-  return weight_.numel() * static_cast<int64_t>(weight_.element_size());
-}
 
 absl::StatusOr<std::unique_ptr<QuantizedLinear>> QuantizedLinear::Create(
     const QuantizedWeight& w, at::Tensor bias, ActivationMode mode,
@@ -213,22 +200,43 @@ at::Tensor QuantizedLinear::Forward(const at::Tensor& x_in) const {
   const bool avx2 = HasAvx2();
   const int64_t in = in_, gs = group_size_, groups = groups_, out = out_;
   const int bits = bits_;
+  if (avx2) {
+    // Weight rows 4 at a time: expanded into an L1-resident buffer, then
+    // dotted with every activation row. Every output goes through Dot4Avx2
+    // (a short last tile repeats its last row), so a row's result does not
+    // depend on M or on where the tile boundaries fall.
+    at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(4 * in);
+      for (int64_t n = begin; n < end; n += 4) {
+        const int cnt = static_cast<int>(std::min<int64_t>(4, end - n));
+        const float* rows[4];
+        for (int r = 0; r < 4; ++r) {
+          rows[r] = buf.data() + std::min(r, cnt - 1) * in;
+          if (r >= cnt) continue;
+          DequantRowAvx2(data + (n + r) * row_bytes, bits, in, gs,
+                         sp + (n + r) * groups, op + (n + r) * groups,
+                         buf.data() + r * in);
+        }
+        for (int64_t m = 0; m < M; ++m) {
+          float d[4];
+          Dot4Avx2(xp + m * in, rows, in, d);
+          for (int r = 0; r < cnt; ++r) {
+            yp[m * out + n + r] = d[r] + (bp ? bp[n + r] : 0.0f);
+          }
+        }
+      }
+    });
+    return y;
+  }
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(in);
     for (int64_t n = begin; n < end; ++n) {
       const uint8_t* row = data + n * row_bytes;
-      if (avx2) {
-        DequantRowAvx2(row, bits, in, gs, sp + n * groups, op + n * groups,
+      DequantRowScalar(row, bits, in, gs, sp + n * groups, op + n * groups,
                        buf.data());
-      } else {
-        DequantRowScalar(row, bits, in, gs, sp + n * groups, op + n * groups,
-                         buf.data());
-      }
       const float b = bp ? bp[n] : 0.0f;
       for (int64_t m = 0; m < M; ++m) {
-        const float d = avx2 ? DotAvx2(xp + m * in, buf.data(), in)
-                             : DotScalar(xp + m * in, buf.data(), in);
-        yp[m * out + n] = d + b;
+        yp[m * out + n] = DotScalar(xp + m * in, buf.data(), in) + b;
       }
     }
   });
@@ -260,7 +268,8 @@ at::Tensor QuantizedLinear::DequantizeRows(int64_t first, int64_t count) const {
 
 int64_t QuantizedLinear::WeightBytes() const {
   return data_.numel() + (scale_.numel() + offset_.numel()) * 4 +
-         (perm_.defined() ? perm_.numel() * 8 : 0);
+         (perm_.defined() ? perm_.numel() * 8 : 0) +
+         (bias_.defined() ? bias_.numel() * 4 : 0);
 }
 
 std::string QuantizedLinear::Describe() const {
@@ -270,4 +279,4 @@ std::string QuantizedLinear::Describe() const {
   return absl::StrCat("w", bits_, "g", group_size_, act);
 }
 
-}  // namespace hearth::quantizer
+}  // namespace hearth::quant

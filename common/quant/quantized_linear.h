@@ -1,5 +1,6 @@
-// Linear layers whose weights stay quantized in memory, and the float one they
-// replace, behind one interface so a model can mix them.
+// Linear layers whose weights stay quantized in memory, as
+// model::LinearImpl so that LlamaForCausalLM::SetLinearImpl can swap them in
+// for float projections (model::LoadModel does for quantized checkpoints).
 //
 // QuantizedLinear holds 8-bit codes (1 byte per weight) or 4-bit codes packed
 // two per byte, with a float (scale, -zero*scale) pair per (row, group). Its
@@ -18,8 +19,8 @@
 // Act-order GPTQ weights (g_idx not sequential) are stored with their columns
 // sorted by group, and the activations are gathered with the same permutation
 // (as exllama and vLLM do), so every group is contiguous in the kernel.
-#ifndef HEARTH_SERVICES_QUANTIZER_QUANTIZED_LINEAR_H_
-#define HEARTH_SERVICES_QUANTIZER_QUANTIZED_LINEAR_H_
+#ifndef HEARTH_COMMON_QUANT_QUANTIZED_LINEAR_H_
+#define HEARTH_COMMON_QUANT_QUANTIZED_LINEAR_H_
 
 #include <ATen/core/Tensor.h>
 
@@ -28,50 +29,31 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "services/quantizer/quant_core.h"
+#include "common/model/linear_impl.h"
+#include "common/quant/quant_core.h"
 
-namespace hearth::quantizer {
-
-class LinearOp {
- public:
-  virtual ~LinearOp() = default;
-  // x [M, in] float32 -> [M, out].
-  virtual at::Tensor Forward(const at::Tensor& x) const = 0;
-  // Bytes of weight storage (codes + params, or the float matrix), bias
-  // excluded.
-  virtual int64_t WeightBytes() const = 0;
-  virtual std::string Describe() const = 0;
-};
-
-// y = x W^T + b in float32 (SkinnyLinear for decode-sized batches, as the
-// model runtime does, so comparisons are fair).
-class FloatLinear : public LinearOp {
- public:
-  FloatLinear(at::Tensor weight, at::Tensor bias)
-      : weight_(std::move(weight)), bias_(std::move(bias)) {}
-  at::Tensor Forward(const at::Tensor& x) const override;
-  int64_t WeightBytes() const override;
-  std::string Describe() const override { return "f32"; }
-  at::Tensor& weight() { return weight_; }
-
- private:
-  at::Tensor weight_, bias_;
-};
+namespace hearth::quant {
 
 enum class ActivationMode { kNone, kDynamic, kStatic };
 
-class QuantizedLinear : public LinearOp {
+class QuantizedLinear : public model::LinearImpl {
  public:
   // `input_scale` is used with kStatic only (must be > 0).
   static absl::StatusOr<std::unique_ptr<QuantizedLinear>> Create(
       const QuantizedWeight& weight, at::Tensor bias, ActivationMode mode,
       double input_scale = 0);
 
+  // x [M, in] float32 CPU -> [M, out] float32.
   at::Tensor Forward(const at::Tensor& x) const override;
+  int64_t in_features() const override { return in_; }
+  int64_t out_features() const override { return out_; }
+  // Codes, per-group scale and offset, act-order permutation and bias.
   int64_t WeightBytes() const override;
   std::string Describe() const override;
 
   int bits() const { return bits_; }
+  int64_t group_size() const { return group_size_; }
+  ActivationMode activation_mode() const { return mode_; }
 
   // Float32 rows [first, first + count) of the weight, in the stored column
   // order (permuted for act-order); for tests and prefill tiles.
@@ -94,6 +76,6 @@ class QuantizedLinear : public LinearOp {
 // Whether the AVX2 kernel is in use on this CPU.
 bool QuantizedKernelAccelerated();
 
-}  // namespace hearth::quantizer
+}  // namespace hearth::quant
 
-#endif  // HEARTH_SERVICES_QUANTIZER_QUANTIZED_LINEAR_H_
+#endif  // HEARTH_COMMON_QUANT_QUANTIZED_LINEAR_H_

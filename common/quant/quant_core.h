@@ -18,8 +18,8 @@
 // All functions take and return float32 CPU tensors (codes uint8, zeros and
 // g_idx int32) and throw c10::Error only on programming errors; argument
 // checks that depend on user input are in ValidateScheme.
-#ifndef HEARTH_SERVICES_QUANTIZER_QUANT_CORE_H_
-#define HEARTH_SERVICES_QUANTIZER_QUANT_CORE_H_
+#ifndef HEARTH_COMMON_QUANT_QUANT_CORE_H_
+#define HEARTH_COMMON_QUANT_QUANT_CORE_H_
 
 #include <ATen/core/Tensor.h>
 
@@ -28,7 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace hearth::quantizer {
+namespace hearth::quant {
 
 struct QuantScheme {
   int bits = 4;  // 4 or 8.
@@ -115,6 +115,6 @@ struct AwqTensors {
 absl::StatusOr<AwqTensors> PackAwq(const QuantizedWeight& w);
 absl::StatusOr<QuantizedWeight> UnpackAwq(const AwqTensors& t, int group_size);
 
-}  // namespace hearth::quantizer
+}  // namespace hearth::quant
 
-#endif  // HEARTH_SERVICES_QUANTIZER_QUANT_CORE_H_
+#endif  // HEARTH_COMMON_QUANT_QUANT_CORE_H_

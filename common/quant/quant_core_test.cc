@@ -1,9 +1,9 @@
-#include "services/quantizer/quant_core.h"
+#include "common/quant/quant_core.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-namespace hearth::quantizer {
+namespace hearth::quant {
 namespace {
 
 TEST(QuantCoreTest, ValidateScheme) {
@@ -107,4 +107,4 @@ TEST(QuantCoreTest, ScalesAreHalfPrecision) {
 }
 
 }  // namespace
-}  // namespace hearth::quantizer
+}  // namespace hearth::quant
