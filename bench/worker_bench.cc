@@ -32,7 +32,7 @@
 // typically 2-3x faster, so the ratios flatter hearth by about that much.
 //
 // --llama_batched_bench PATH runs a native llama.cpp build's
-// llama-batched-bench instead (bench/run-vs-llama-cpp builds it): the same
+// llama-batched-bench instead (built as docs/BENCHMARKS.md says): the same
 // GGUF, -npp prompt, -ntg tokens-1 and -npl levels (separate prompts per
 // sequence, all decoded together each step), same threads, llama.cpp's default
 // context settings. Its first token comes from the prefill logits, as hearth's
