@@ -8,7 +8,8 @@
 //       [--text_file=F | --corpus=licenses] [--seq_len=256] [--windows=16]
 //       [--steps=32] [--threads=2] [--windows_out=w.json] [--no_speed]
 //
-// --model is a float or quantized folder or a .gguf (model::LoadModel, quantized linears kept packed);
+// --model is a float or quantized folder or a .gguf (model::LoadModel,
+// quantized linears kept packed);
 // --reference is the float source folder, whose tokenizer turns the text into
 // ids. The held-out split is the quantizer's (the last 10% of the tokens), so
 // numbers are comparable with quant_report.json. Prints one JSON object:

@@ -336,8 +336,8 @@ int main(int argc, char** argv) {
     if (!exported.ok()) {
       return Fail(absl::StrCat("GGUF export: ", exported.message()));
     }
-    auto native = RunBatchedBench(batched_bench, gguf, levels, prompt, tokens,
-                                  threads);
+    auto native =
+        RunBatchedBench(batched_bench, gguf, levels, prompt, tokens, threads);
     if (!native.ok()) return Fail(std::string(native.status().message()));
     llama_json = *native;
     for (const auto& l : llama_json["levels"]) {

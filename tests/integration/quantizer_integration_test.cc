@@ -20,7 +20,6 @@
 #include "gtest/gtest.h"
 #include "hearth/v1/quantization.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "common/model/model_loader.h"
 
 namespace hearth {
 namespace {

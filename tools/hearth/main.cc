@@ -3,8 +3,9 @@
 //
 //   hearth health --addr=localhost:8001
 //   hearth generate --model=tiny-student "Once upon a time"
-#include <cstdio>
 #include <unistd.h>  // train/distill --local: exec
+
+#include <cstdio>
 #include <iostream>
 #include <map>
 #include <string>
@@ -20,8 +21,8 @@
 #include "common/grpc/status_conversion.h"
 #include "google/protobuf/util/json_util.h"  // train / distill
 #include "grpcpp/grpcpp.h"
-#include "hearth/v1/generation.grpc.pb.h"
 #include "hearth/v1/distillation.grpc.pb.h"  // train / distill
+#include "hearth/v1/generation.grpc.pb.h"
 #include "services/gateway/api_keys.h"
 #include "tools/hearth/generate_command.h"
 #include "tools/hearth/init_model_command.h"
@@ -207,19 +208,21 @@ int RunKeys(const std::vector<std::string>& args) {
 
 // ---------------------------------------------------------------------------
 // `hearth train` / `hearth distill` (hearth-distiller). The job is a
-// DistillationSpec as JSON (proto field names); `train` forces the TRAIN method.
-// Without --local the spec goes to hearth.v1.Distillation at --addr and the job
-// is watched with a progress bar; with --local it runs in-process through
-// hearth-distill-local (kept out of this binary so the CLI does not link
-// libtorch), which resumes from --work_dir if interrupted.
+// DistillationSpec as JSON (proto field names); `train` forces the TRAIN
+// method. Without --local the spec goes to hearth.v1.Distillation at --addr and
+// the job is watched with a progress bar; with --local it runs in-process
+// through hearth-distill-local (kept out of this binary so the CLI does not
+// link libtorch), which resumes from --work_dir if interrupted.
 
 ABSL_FLAG(std::string, spec, "", "train/distill: job spec JSON file");
-ABSL_FLAG(bool, local, false,
-          "train/distill: run here (hearth-distill-local) instead of submitting");
+ABSL_FLAG(
+    bool, local, false,
+    "train/distill: run here (hearth-distill-local) instead of submitting");
 ABSL_FLAG(std::string, model_repository, "models",
           "train/distill --local: model repository folder");
-ABSL_FLAG(std::string, work_dir, "",
-          "train/distill --local: checkpoint folder (default models/.work/<output>)");
+ABSL_FLAG(
+    std::string, work_dir, "",
+    "train/distill --local: checkpoint folder (default models/.work/<output>)");
 
 namespace {
 
@@ -228,7 +231,8 @@ std::string ReadSpecFile() {
   if (f == nullptr) return "";
   std::string text;
   char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), f)) > 0;) text.append(buf, n);
+  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), f)) > 0;)
+    text.append(buf, n);
   std::fclose(f);
   return text;
 }
@@ -238,7 +242,8 @@ std::string ProgressBar(double fraction) {
   int filled = static_cast<int>(fraction * width + 0.5);
   if (filled < 0) filled = 0;
   if (filled > width) filled = width;
-  return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "]";
+  return "[" + std::string(filled, '#') + std::string(width - filled, '.') +
+         "]";
 }
 
 int RunDistillLocal(const std::string& command) {
@@ -275,9 +280,9 @@ int RunDistillLocal(const std::string& command) {
     std::fwrite(json.data(), 1, json.size(), f);
     std::fclose(f);
   }
-  std::vector<std::string> argv_s = {bin, "run", "--spec=" + spec_path,
-                                     "--model_repository=" +
-                                         absl::GetFlag(FLAGS_model_repository)};
+  std::vector<std::string> argv_s = {
+      bin, "run", "--spec=" + spec_path,
+      "--model_repository=" + absl::GetFlag(FLAGS_model_repository)};
   if (!absl::GetFlag(FLAGS_work_dir).empty()) {
     argv_s.push_back("--work_dir=" + absl::GetFlag(FLAGS_work_dir));
   }
@@ -301,7 +306,8 @@ int RunDistillCommand(const std::string& command) {
   if (!google::protobuf::util::JsonStringToMessage(ReadSpecFile(),
                                                    request.mutable_spec())
            .ok()) {
-    std::cerr << "hearth " << command << ": --spec is not a DistillationSpec JSON\n";
+    std::cerr << "hearth " << command
+              << ": --spec is not a DistillationSpec JSON\n";
     return 2;
   }
   if (command == "train") {
@@ -323,9 +329,10 @@ int RunDistillCommand(const std::string& command) {
   auto reader = stub->WatchJob(&context, watch);
   while (reader->Read(&job)) {
     std::string line = absl::StrCat("\r", ProgressBar(job.progress()), " ",
-                                    static_cast<int>(job.progress() * 100), "% ",
-                                    job.message());
-    for (const char* key : {"loss", "kd_loss", "tokens_per_second", "eta_seconds"}) {
+                                    static_cast<int>(job.progress() * 100),
+                                    "% ", job.message());
+    for (const char* key :
+         {"loss", "kd_loss", "tokens_per_second", "eta_seconds"}) {
       auto it = job.metrics().find(key);
       if (it != job.metrics().end()) {
         absl::StrAppend(&line, " ", key, "=", static_cast<float>(it->second));
@@ -337,16 +344,22 @@ int RunDistillCommand(const std::string& command) {
   grpc::Status status = reader->Finish();
   if (!status.ok()) return Fail(status);
   std::cout << hearth::v1::JobState_Name(job.state()) << "\n";
-  for (const auto& [role, path] : job.artifacts()) std::cout << role << ": " << path << "\n";
+  for (const auto& [role, path] : job.artifacts())
+    std::cout << role << ": " << path << "\n";
   if (!job.error().empty()) std::cout << "error: " << job.error() << "\n";
   return job.state() == hearth::v1::JOB_STATE_SUCCEEDED ? 0 : 1;
 }
 
-int RunTrain(const std::vector<std::string>&) { return RunDistillCommand("train"); }
-int RunDistill(const std::vector<std::string>&) { return RunDistillCommand("distill"); }
+int RunTrain(const std::vector<std::string>&) {
+  return RunDistillCommand("train");
+}
+int RunDistill(const std::vector<std::string>&) {
+  return RunDistillCommand("distill");
+}
 
 }  // namespace
-// --------------------------------------------------------------- end train/distill
+// --------------------------------------------------------------- end
+// train/distill
 
 namespace {
 
@@ -364,9 +377,11 @@ const std::map<std::string, Command>& Commands() {
        {"hearth keys create --keys_file=F --id=ID --scopes=generate,... "
         "(prints the new secret once)",
         RunKeys}},
-      {"train", {"train a model: hearth train --spec=job.json [--local]", RunTrain}},
+      {"train",
+       {"train a model: hearth train --spec=job.json [--local]", RunTrain}},
       {"distill",
-       {"distill a student: hearth distill --spec=job.json [--local]", RunDistill}},
+       {"distill a student: hearth distill --spec=job.json [--local]",
+        RunDistill}},
       {"quantize",
        {"quantize a model: hearth quantize --model=M --method=gptq --bits=4 "
         "[--local]",
