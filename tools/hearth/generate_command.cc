@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/formats/hf_config.h"
 #include "common/model/generator.h"
 #include "common/model/kv_cache.h"
 #include "common/model/llama_model.h"
@@ -44,8 +46,9 @@ ABSL_FLAG(std::vector<std::string>, prompt_ids, {},
 ABSL_FLAG(int64_t, top_k, 0,
           "generate: keep the k most likely tokens (0 = off)");
 ABSL_FLAG(double, top_p, 1.0, "generate: nucleus sampling mass (1 = off)");
-ABSL_FLAG(double, repetition_penalty, 1.0,
-          "generate: > 1 discourages repeats (1 = off)");
+ABSL_FLAG(double, repetition_penalty, 0,
+          "generate: > 1 discourages repeats (1 = off; 0 = the model's "
+          "generation_config.json, as the worker does)");
 ABSL_FLAG(std::vector<std::string>, stop, {},
           "generate: stop strings, comma-separated");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past EOS");
@@ -193,6 +196,23 @@ absl::Status Generate(const std::string& prompt_text) {
                         absl::StrCat(path, ": ", loaded.status().message()));
   }
   std::shared_ptr<model::LlamaForCausalLM> llama = std::move(loaded).value();
+  if (params.repetition_penalty == 0) {
+    // Same default as the worker's: the model's generation_config.json.
+    params.repetition_penalty = 1.0;
+    const fs::path gen_path = fs::path(path) / "generation_config.json";
+    if (IsFile(gen_path)) {
+      auto gen = formats::LoadGenerationConfig(gen_path.string());
+      if (!gen.ok()) {
+        return absl::Status(
+            gen.status().code(),
+            absl::StrCat(gen_path.string(), ": ", gen.status().message()));
+      }
+      if (gen->repetition_penalty > 0 &&
+          std::isfinite(gen->repetition_penalty)) {
+        params.repetition_penalty = gen->repetition_penalty;
+      }
+    }
+  }
   const double load_s =
       std::chrono::duration<double>(Clock::now() - load_start).count();
   const int64_t vocab = llama->config().vocab_size;
@@ -318,7 +338,7 @@ void SetRemoteSampling(v1::GenerateRequest* request) {
   if (absl::GetFlag(FLAGS_top_p) != 1.0) {
     sampling->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
   }
-  if (absl::GetFlag(FLAGS_repetition_penalty) != 1.0) {
+  if (absl::GetFlag(FLAGS_repetition_penalty) != 0) {
     sampling->set_repetition_penalty(
         static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
   }
