@@ -163,7 +163,58 @@ absl::Status ParseNormalizerSpec(std::string_view msg, size_t base,
   return absl::OkStatus();
 }
 
+void PutVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+void PutKey(uint32_t field, uint32_t wire, std::string* out) {
+  PutVarint((static_cast<uint64_t>(field) << 3) | wire, out);
+}
+void PutBytes(uint32_t field, std::string_view bytes, std::string* out) {
+  PutKey(field, 2, out);
+  PutVarint(bytes.size(), out);
+  out->append(bytes.data(), bytes.size());
+}
+void PutVarintField(uint32_t field, uint64_t v, std::string* out) {
+  PutKey(field, 0, out);
+  PutVarint(v, out);
+}
+
 }  // namespace
+
+std::string SerializeSentencePieceModel(const SentencePieceModel& model) {
+  std::string out;
+  for (const SentencePieceModel::Piece& p : model.pieces) {
+    std::string msg;
+    PutBytes(1, p.piece, &msg);
+    PutKey(2, 5, &msg);
+    char bits[4];
+    std::memcpy(bits, &p.score, 4);
+    msg.append(bits, 4);
+    PutVarintField(3, static_cast<uint64_t>(p.type), &msg);
+    PutBytes(1, msg, &out);
+  }
+  std::string trainer;
+  PutVarintField(3, static_cast<uint64_t>(model.model_type), &trainer);
+  PutVarintField(24, model.treat_whitespace_as_suffix, &trainer);
+  PutVarintField(35, model.byte_fallback, &trainer);
+  PutBytes(44, model.unk_surface, &trainer);
+  PutBytes(45, model.unk_piece, &trainer);
+  PutBytes(46, model.bos_piece, &trainer);
+  PutBytes(47, model.eos_piece, &trainer);
+  PutBytes(2, trainer, &out);
+  std::string normalizer;
+  PutBytes(1, model.normalizer_name, &normalizer);
+  if (model.has_precompiled_charsmap) PutBytes(2, "\x01", &normalizer);
+  PutVarintField(3, model.add_dummy_prefix, &normalizer);
+  PutVarintField(4, model.remove_extra_whitespaces, &normalizer);
+  PutVarintField(5, model.escape_whitespaces, &normalizer);
+  PutBytes(3, normalizer, &out);
+  return out;
+}
 
 const char* ModelTypeName(SentencePieceModel::ModelType type) {
   switch (type) {

@@ -73,6 +73,12 @@ const char* ModelTypeName(SentencePieceModel::ModelType type);
 absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(
     std::string_view bytes);
 
+// Writes `model` as a tokenizer.model that ParseSentencePieceModel (and
+// libsentencepiece) read back: every field above, the precompiled_charsmap
+// only as a placeholder byte when has_precompiled_charsmap. For tests and for
+// writing tokenizer.model files from other vocabularies.
+std::string SerializeSentencePieceModel(const SentencePieceModel& model);
+
 }  // namespace hearth::tokenizer
 
 #endif  // HEARTH_COMMON_TOKENIZER_SENTENCEPIECE_MODEL_H_

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -33,33 +32,19 @@ using hearth::tokenizer::ParseSentencePieceModel;
 using hearth::tokenizer::SentencePieceTokenizer;
 using hearth::tokenizer::StreamingDecoder;
 
-std::string Varint(uint64_t v) {
-  std::string out;
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-  return out;
-}
-std::string Len(uint32_t field, const std::string& payload) {
-  return Varint((field << 3) | 2) + Varint(payload.size()) + payload;
-}
-std::string Piece(const std::string& text, float score, int type) {
-  std::string f32(4, '\0');
-  std::memcpy(f32.data(), &score, 4);
-  return Len(1, Len(1, text) + Varint((2 << 3) | 5) + f32 + Varint(3 << 3) +
-                    Varint(type));
-}
-
-// Llama-2's layout in miniature: <unk> <s> </s>, 256 byte pieces, merges.
+// Llama-2's layout in miniature: <unk> <s> </s>, 256 byte pieces, merges,
+// a user-defined piece; identity normalizer keeping spaces.
 std::string SeedModel() {
-  std::string m =
-      Piece("<unk>", 0, 2) + Piece("<s>", 0, 3) + Piece("</s>", 0, 3);
+  using hearth::tokenizer::SentencePieceModel;
+  using Type = SentencePieceModel::PieceType;
+  SentencePieceModel m;
+  m.pieces = {{"<unk>", 0, Type::kUnknown},
+              {"<s>", 0, Type::kControl},
+              {"</s>", 0, Type::kControl}};
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    m += Piece(name, 0, 6);
+    m.pieces.push_back({name, 0, Type::kByte});
   }
   const char* pieces[] = {"\xE2\x96\x81",
                           "e",
@@ -79,11 +64,15 @@ std::string SeedModel() {
                           "wor",
                           "world"};
   float score = 0;
-  for (const char* p : pieces) m += Piece(p, score -= 1, 1);
-  m += Piece("<tool>", 0, 4);
-  m += Len(2, Varint(3 << 3) + Varint(2) + Varint(35 << 3) + Varint(1));
-  m += Len(3, Len(1, "identity") + Varint(4 << 3) + Varint(0));
-  return m;
+  for (const char* p : pieces)
+    m.pieces.push_back({p, score -= 1, Type::kNormal});
+  m.pieces.push_back({"<tool>", 0, Type::kUserDefined});
+  m.pieces.push_back({"wo", -100, Type::kUnused});
+  m.model_type = SentencePieceModel::ModelType::kBpe;
+  m.byte_fallback = true;
+  m.normalizer_name = "identity";
+  m.remove_extra_whitespaces = false;
+  return hearth::tokenizer::SerializeSentencePieceModel(m);
 }
 
 void Exercise(const SentencePieceTokenizer& tok, std::string_view text) {

@@ -102,5 +102,35 @@ TEST(SentencePieceModelTest, ErrorsNameTheByteOffset) {
   EXPECT_FALSE(ParseSentencePieceModel("definitely not a model").ok());
 }
 
+TEST(SentencePieceModelTest, SerializeRoundTrips) {
+  SentencePieceModel model;
+  model.pieces = {
+      {"<unk>", 0, SentencePieceModel::PieceType::kUnknown},
+      {"\xE2\x96\x81a", -2.25f, SentencePieceModel::PieceType::kNormal},
+      {"<0x00>", 0, SentencePieceModel::PieceType::kByte}};
+  model.model_type = SentencePieceModel::ModelType::kBpe;
+  model.byte_fallback = true;
+  model.bos_piece = "<bos>";
+  model.normalizer_name = "identity";
+  model.add_dummy_prefix = false;
+  model.remove_extra_whitespaces = false;
+  auto back = ParseSentencePieceModel(SerializeSentencePieceModel(model));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->pieces.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(back->pieces[i].piece, model.pieces[i].piece);
+    EXPECT_EQ(back->pieces[i].score, model.pieces[i].score);
+    EXPECT_EQ(back->pieces[i].type, model.pieces[i].type);
+  }
+  EXPECT_EQ(back->model_type, model.model_type);
+  EXPECT_TRUE(back->byte_fallback);
+  EXPECT_EQ(back->bos_piece, "<bos>");
+  EXPECT_EQ(back->eos_piece, "</s>");
+  EXPECT_EQ(back->normalizer_name, "identity");
+  EXPECT_FALSE(back->add_dummy_prefix);
+  EXPECT_FALSE(back->remove_extra_whitespaces);
+  EXPECT_FALSE(back->has_precompiled_charsmap);
+}
+
 }  // namespace
 }  // namespace hearth::tokenizer
