@@ -1,5 +1,6 @@
 #include "common/tokenizer/sentencepiece_model.h"
 
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -214,6 +215,28 @@ std::string SerializeSentencePieceModel(const SentencePieceModel& model) {
   PutVarintField(5, model.escape_whitespaces, &normalizer);
   PutBytes(3, normalizer, &out);
   return out;
+}
+
+SentencePieceModel LlamaStyleSentencePieceModel(
+    const std::vector<std::string>& normal_pieces) {
+  using Type = SentencePieceModel::PieceType;
+  SentencePieceModel m;
+  m.pieces = {{"<unk>", 0, Type::kUnknown},
+              {"<s>", 0, Type::kControl},
+              {"</s>", 0, Type::kControl}};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    m.pieces.push_back({name, 0, Type::kByte});
+  }
+  float score = 0;
+  for (const std::string& p : normal_pieces)
+    m.pieces.push_back({p, score -= 1, Type::kNormal});
+  m.model_type = SentencePieceModel::ModelType::kBpe;
+  m.byte_fallback = true;
+  m.normalizer_name = "identity";
+  m.remove_extra_whitespaces = false;
+  return m;
 }
 
 const char* ModelTypeName(SentencePieceModel::ModelType type) {

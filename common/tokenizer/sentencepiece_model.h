@@ -79,6 +79,13 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(
 // writing tokenizer.model files from other vocabularies.
 std::string SerializeSentencePieceModel(const SentencePieceModel& model);
 
+// A model laid out as Llama-2's tokenizer.model: BPE with byte fallback and
+// the identity normalizer keeping spaces; <unk>, <s>, </s>, the 256 <0xNN>
+// byte pieces, then `normal_pieces` with falling scores (-1, -2, ...: the
+// first merges first). For tests, fuzz seeds and tiny models.
+SentencePieceModel LlamaStyleSentencePieceModel(
+    const std::vector<std::string>& normal_pieces);
+
 }  // namespace hearth::tokenizer
 
 #endif  // HEARTH_COMMON_TOKENIZER_SENTENCEPIECE_MODEL_H_

@@ -12,7 +12,6 @@
 // CORPUS_DIR. When CORPUS_DIR is empty, a seed model is written into it first.
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -37,41 +36,11 @@ using hearth::tokenizer::StreamingDecoder;
 std::string SeedModel() {
   using hearth::tokenizer::SentencePieceModel;
   using Type = SentencePieceModel::PieceType;
-  SentencePieceModel m;
-  m.pieces = {{"<unk>", 0, Type::kUnknown},
-              {"<s>", 0, Type::kControl},
-              {"</s>", 0, Type::kControl}};
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    m.pieces.push_back({name, 0, Type::kByte});
-  }
-  const char* pieces[] = {"\xE2\x96\x81",
-                          "e",
-                          "h",
-                          "l",
-                          "o",
-                          "\xE2\x96\x81h",
-                          "he",
-                          "ll",
-                          "llo",
-                          "hello",
-                          "\xE2\x96\x81hello",
-                          "w",
-                          "r",
-                          "d",
-                          "or",
-                          "wor",
-                          "world"};
-  float score = 0;
-  for (const char* p : pieces)
-    m.pieces.push_back({p, score -= 1, Type::kNormal});
+  SentencePieceModel m = hearth::tokenizer::LlamaStyleSentencePieceModel(
+      {"\xE2\x96\x81", "e", "h", "l", "o", "\xE2\x96\x81h", "he", "ll", "llo",
+       "hello", "\xE2\x96\x81hello", "w", "r", "d", "or", "wor", "world"});
   m.pieces.push_back({"<tool>", 0, Type::kUserDefined});
   m.pieces.push_back({"wo", -100, Type::kUnused});
-  m.model_type = SentencePieceModel::ModelType::kBpe;
-  m.byte_fallback = true;
-  m.normalizer_name = "identity";
-  m.remove_extra_whitespaces = false;
   return hearth::tokenizer::SerializeSentencePieceModel(m);
 }
 

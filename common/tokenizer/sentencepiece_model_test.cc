@@ -132,5 +132,18 @@ TEST(SentencePieceModelTest, SerializeRoundTrips) {
   EXPECT_FALSE(back->has_precompiled_charsmap);
 }
 
+TEST(SentencePieceModelTest, LlamaStyleLayout) {
+  SentencePieceModel m = LlamaStyleSentencePieceModel({"ab", "a", "b"});
+  ASSERT_EQ(m.pieces.size(), 3u + 256u + 3u);
+  EXPECT_EQ(m.pieces[0].type, SentencePieceModel::PieceType::kUnknown);
+  EXPECT_EQ(m.pieces[2].piece, "</s>");
+  EXPECT_EQ(m.pieces[3 + 0x41].piece, "<0x41>");
+  EXPECT_EQ(m.pieces[259].piece, "ab");
+  EXPECT_GT(m.pieces[259].score, m.pieces[260].score);
+  EXPECT_EQ(m.model_type, SentencePieceModel::ModelType::kBpe);
+  EXPECT_TRUE(m.byte_fallback);
+  EXPECT_FALSE(m.remove_extra_whitespaces);
+}
+
 }  // namespace
 }  // namespace hearth::tokenizer

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -574,29 +573,13 @@ TEST_F(WorkerIntegrationTest, MetricsPassPromtoolAndPrometheusScrapesThem) {
 // in the real binary, which links libprotobuf: hearth reads the ModelProto and
 // runs SentencePiece BPE itself, so a text prompt is tokenized and generates.
 TEST_F(WorkerIntegrationTest, TokenizerModelOnlyFolderServesTextPrompts) {
-  using tokenizer::SentencePieceModel;
-  using Type = SentencePieceModel::PieceType;
-  SentencePieceModel spm;
-  spm.pieces = {{"<unk>", 0, Type::kUnknown},
-                {"<s>", 0, Type::kControl},
-                {"</s>", 0, Type::kControl}};
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    spm.pieces.push_back({name, 0, Type::kByte});
-  }
-  float score = 0;
   // Merges in score order: he, ll, llo, hello, ▁hello, or, wor, ld, world,
   // ▁world; then the single characters.
-  for (const char* p :
-       {"he", "ll", "llo", "hello", "\u2581hello", "or", "wor", "ld", "world",
-        "\u2581world", "\u2581", "h", "e", "l", "o", "w", "r", "d"}) {
-    spm.pieces.push_back({p, score -= 1, Type::kNormal});
-  }
-  spm.model_type = SentencePieceModel::ModelType::kBpe;
-  spm.byte_fallback = true;
-  spm.normalizer_name = "identity";
-  spm.remove_extra_whitespaces = false;
+  const tokenizer::SentencePieceModel spm =
+      tokenizer::LlamaStyleSentencePieceModel(
+          {"he", "ll", "llo", "hello", "\u2581hello", "or", "wor", "ld",
+           "world", "\u2581world", "\u2581", "h", "e", "l", "o", "w", "r",
+           "d"});
   const std::string folder = *repo_ + "/spm";
   TinyModelOptions options;
   options.write_tokenizer = false;
