@@ -81,12 +81,14 @@ endfunction()
 
 # Two process-wide link fixes every hearth executable needs once it links libtorch
 # and the tokenizer (hearth_executable, and hearth_test with TORCH, apply both):
-#  * libprotobuf must load before libsentencepiece, which exports its own copy of
-#    protobuf-lite symbols; whichever loads first wins, and generated protos and
-#    libtorch crash at static initialisation against sentencepiece's copy. The
-#    price: in such a binary libsentencepiece's own model parser refuses to run
-#    (it was built against protobuf 3.14), so tokenizer.model files load only in
-#    binaries without the fix; tokenizer.json is unaffected.
+#  * libprotobuf is loaded first. It was needed while the tokenizer linked
+#    libsentencepiece, which exports its own copy of protobuf-lite symbols
+#    (generated protos and libtorch crashed at static initialisation against
+#    it, and its model parser refused to run in a protobuf-first process).
+#    hearth now reads tokenizer.model itself (common/tokenizer/
+#    sentencepiece_model.h) and no binary links libsentencepiece; libtorch_cpu
+#    and libonnx define only their own messages' protobuf templates. The link
+#    order is kept as a harmless guard until it is removed with a full test run.
 #  * common/metrics/thread_stack_fix.cc raises small thread-stack requests so that
 #    civetweb's /metrics threads can hold libtorch's static TLS.
 set(HEARTH_PROTOBUF_FIRST "-Wl,--no-as-needed" protobuf::libprotobuf "-Wl,--as-needed"

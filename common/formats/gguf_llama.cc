@@ -18,6 +18,7 @@
 #include "common/formats/dtype.h"
 #include "common/formats/safetensors.h"
 #include "common/status/status_macros.h"
+#include "common/tokenizer/sentencepiece_model.h"
 #include "nlohmann/json.hpp"
 
 namespace hearth::formats {
@@ -439,134 +440,6 @@ absl::StatusOr<GgufTokenizer> ParseTokenizer(const json& tok,
   return out;
 }
 
-// A minimal protobuf reader for SentencePiece's ModelProto (tokenizer.model):
-// only the fields GGUF needs, so that no protobuf dependency is pulled in.
-class ProtoReader {
- public:
-  explicit ProtoReader(std::string_view bytes) : p_(bytes) {}
-  bool done() const { return p_.empty(); }
-
-  // Reads one field header; false at a malformed header.
-  bool Next(uint32_t* field, uint32_t* wire) {
-    uint64_t key;
-    if (!Varint(&key) || (key >> 3) == 0 || (key >> 3) > 0x1fffffff)
-      return false;
-    *field = static_cast<uint32_t>(key >> 3);
-    *wire = static_cast<uint32_t>(key & 7);
-    return true;
-  }
-  bool Varint(uint64_t* v) {
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (p_.empty()) return false;
-      const uint8_t b = static_cast<uint8_t>(p_[0]);
-      p_.remove_prefix(1);
-      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if ((b & 0x80) == 0) return true;
-    }
-    return false;
-  }
-  bool Bytes(std::string_view* out) {
-    uint64_t n;
-    if (!Varint(&n) || n > p_.size()) return false;
-    *out = p_.substr(0, static_cast<size_t>(n));
-    p_.remove_prefix(static_cast<size_t>(n));
-    return true;
-  }
-  bool Fixed32(uint32_t* v) {
-    if (p_.size() < 4) return false;
-    std::memcpy(v, p_.data(), 4);
-    p_.remove_prefix(4);
-    return true;
-  }
-  bool Skip(uint32_t wire) {
-    uint64_t v;
-    uint32_t f32;
-    std::string_view b;
-    switch (wire) {
-      case 0:
-        return Varint(&v);
-      case 1:
-        if (p_.size() < 8) return false;
-        p_.remove_prefix(8);
-        return true;
-      case 2:
-        return Bytes(&b);
-      case 5:
-        return Fixed32(&f32);
-      default:
-        return false;
-    }
-  }
-
- private:
-  std::string_view p_;
-};
-
-struct SpmPiece {
-  std::string piece;
-  float score = 0;
-  int32_t type = 1;  // sentencepiece::ModelProto::SentencePiece::Type, NORMAL.
-};
-
-absl::Status ParseSpmModel(std::string_view bytes,
-                           std::vector<SpmPiece>* pieces,
-                           bool* add_dummy_prefix) {
-  const absl::Status bad = absl::InvalidArgumentError(
-      "tokenizer.model is not a SentencePiece ModelProto");
-  ProtoReader r(bytes);
-  *add_dummy_prefix = true;  // NormalizerSpec default.
-  while (!r.done()) {
-    uint32_t field, wire;
-    if (!r.Next(&field, &wire)) return bad;
-    if (field == 1 && wire == 2) {  // repeated SentencePiece pieces
-      std::string_view msg;
-      if (!r.Bytes(&msg)) return bad;
-      ProtoReader m(msg);
-      SpmPiece piece;
-      while (!m.done()) {
-        uint32_t f, w;
-        if (!m.Next(&f, &w)) return bad;
-        std::string_view text;
-        uint32_t bits;
-        uint64_t v;
-        if (f == 1 && w == 2) {
-          if (!m.Bytes(&text)) return bad;
-          piece.piece = std::string(text);
-        } else if (f == 2 && w == 5) {
-          if (!m.Fixed32(&bits)) return bad;
-          std::memcpy(&piece.score, &bits, 4);
-        } else if (f == 3 && w == 0) {
-          if (!m.Varint(&v) || v < 1 || v > 6) return bad;
-          piece.type = static_cast<int32_t>(v);
-        } else if (!m.Skip(w)) {
-          return bad;
-        }
-      }
-      pieces->push_back(std::move(piece));
-    } else if (field == 3 && wire == 2) {  // NormalizerSpec
-      std::string_view msg;
-      if (!r.Bytes(&msg)) return bad;
-      ProtoReader m(msg);
-      while (!m.done()) {
-        uint32_t f, w;
-        uint64_t v;
-        if (!m.Next(&f, &w)) return bad;
-        if (f == 3 && w == 0) {
-          if (!m.Varint(&v)) return bad;
-          *add_dummy_prefix = v != 0;
-        } else if (!m.Skip(w)) {
-          return bad;
-        }
-      }
-    } else if (!r.Skip(wire)) {
-      return bad;
-    }
-  }
-  if (pieces->empty()) return bad;
-  return absl::OkStatus();
-}
-
 // ------------------------------------------------------------------ tensors
 
 absl::StatusOr<std::vector<float>> ToF32(const TensorView& v) {
@@ -788,10 +661,10 @@ absl::StatusOr<GgufTokenizer> TokenizerFromHfJson(
 absl::StatusOr<GgufTokenizer> TokenizerFromSentencePiece(
     std::string_view model_proto, std::string_view tokenizer_config_json,
     const LlamaConfig& config) {
-  std::vector<SpmPiece> pieces;
-  bool add_dummy_prefix;
-  HEARTH_RETURN_IF_ERROR(
-      ParseSpmModel(model_proto, &pieces, &add_dummy_prefix));
+  HEARTH_ASSIGN_OR_RETURN(tokenizer::SentencePieceModel spm,
+                          tokenizer::ParseSentencePieceModel(model_proto));
+  std::vector<tokenizer::SentencePieceModel::Piece>& pieces = spm.pieces;
+  const bool add_dummy_prefix = spm.add_dummy_prefix;
   const int64_t n = config.vocab_size;
   if (static_cast<int64_t>(pieces.size()) > n) {
     return absl::InvalidArgumentError(
@@ -817,8 +690,8 @@ absl::StatusOr<GgufTokenizer> TokenizerFromSentencePiece(
   std::map<std::string, int64_t> by_text;
   for (int64_t id = 0; id < n; ++id) {
     if (id < static_cast<int64_t>(pieces.size())) {
-      SpmPiece& p = pieces[id];
-      int32_t type = p.type;
+      tokenizer::SentencePieceModel::Piece& p = pieces[id];
+      int32_t type = static_cast<int32_t>(p.type);
       if (type == static_cast<int32_t>(GgufTokenType::kUserDefined)) {
         type = static_cast<int32_t>(GgufTokenType::kNormal);
       }

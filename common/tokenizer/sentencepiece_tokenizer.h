@@ -1,6 +1,19 @@
 // SentencePieceTokenizer: a SentencePiece `tokenizer.model` (Llama-1/2,
-// Mistral, TinyLlama checkpoints) run by libsentencepiece itself, so encoding
-// matches the reference implementation by construction.
+// Mistral, TinyLlama checkpoints), read and run by hearth itself
+// (sentencepiece_model.h parses the ModelProto), so that it works in every
+// binary: libsentencepiece cannot parse models in a process whose protobuf
+// runtime is not the one it was built with.
+//
+// Supported: model_type BPE with the identity normalizer (what those
+// checkpoints ship). Encoding is SentencePiece's: spaces become "▁" (U+2581),
+// add_dummy_prefix prepends one, remove_extra_whitespaces strips and collapses
+// spaces; the text is split into characters (user-defined pieces are kept
+// whole) and the adjacent pair whose concatenation is the highest-scoring piece
+// is merged until none is left (ties: leftmost); a resulting piece missing
+// from the vocabulary becomes its <0xNN> byte pieces when
+// trainer_spec.byte_fallback is set, else the unknown piece. Other model types
+// (Unigram, ...) and normalizers with a precompiled_charsmap (nmt_nfkc) fail
+// to load with UNIMPLEMENTED naming them.
 //
 // SentencePiece has no post-processor; as in Hugging Face's LlamaTokenizer,
 // Encode(..., add_special_tokens=true) prepends BOS (and appends EOS when

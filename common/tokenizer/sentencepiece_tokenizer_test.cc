@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/tokenizer/utf8.h"
 #include "gtest/gtest.h"
@@ -15,6 +16,7 @@
 // See sentencepiece_tokenizer.cc: the header's `namespace absl` shim collides
 // with abseil's, so it is read under another name.
 #define absl hearth_sentencepiece_absl
+#include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 #undef absl
 
@@ -42,12 +44,22 @@ class SentencePieceTokenizerTest : public ::testing::Test {
       };
       for (int i = 0; i < 200; ++i) corpus << lines[i % 5] << " " << i << "\n";
     }
-    std::string args = "--input=" + (*dir_ / "corpus.txt").string() +
-                       " --model_prefix=" + (*dir_ / "tokenizer").string() +
-                       " --vocab_size=400 --model_type=bpe --byte_fallback=true"
-                       " --character_coverage=1.0 --minloglevel=2";
-    auto status = sentencepiece::SentencePieceTrainer::Train(args);
-    ASSERT_TRUE(status.ok()) << status.ToString();
+    // Llama-2's tokenizer.model settings: BPE, identity normalizer, dummy
+    // prefix, spaces kept as they are, digits split, byte fallback.
+    for (const bool remove_ws : {false, true}) {
+      std::string args =
+          "--input=" + (*dir_ / "corpus.txt").string() + " --model_prefix=" +
+          (*dir_ / (remove_ws ? "collapse" : "tokenizer")).string() +
+          " --vocab_size=400 --model_type=bpe --byte_fallback=true"
+          " --character_coverage=1.0 --minloglevel=2"
+          " --normalization_rule_name=identity --add_dummy_prefix=true"
+          " --split_digits=true --allow_whitespace_only_pieces=true"
+          " --user_defined_symbols=<tool>"
+          " --remove_extra_whitespaces=" +
+          std::string(remove_ws ? "true" : "false");
+      auto status = sentencepiece::SentencePieceTrainer::Train(args);
+      ASSERT_TRUE(status.ok()) << status.ToString();
+    }
   }
   static void TearDownTestSuite() {
     std::error_code ec;
@@ -56,6 +68,9 @@ class SentencePieceTokenizerTest : public ::testing::Test {
   }
   static std::string ModelPath() {
     return (*dir_ / "tokenizer.model").string();
+  }
+  static std::string CollapsingModelPath() {
+    return (*dir_ / "collapse.model").string();
   }
 
   static fs::path* dir_;
@@ -98,9 +113,7 @@ TEST_F(SentencePieceTokenizerTest, DecodeInvertsEncode) {
     ASSERT_TRUE(ids.ok());
     auto decoded = (*tok)->Decode(*ids, /*skip_special_tokens=*/true);
     ASSERT_TRUE(decoded.ok());
-    // SentencePiece collapses runs of spaces (remove_extra_whitespaces).
-    std::string expected = text == std::string("a  b") ? "a b" : text;
-    EXPECT_EQ(*decoded, expected);
+    EXPECT_EQ(*decoded, text);
   }
 }
 
@@ -140,6 +153,105 @@ TEST_F(SentencePieceTokenizerTest, Errors) {
   EXPECT_FALSE(
       SentencePieceTokenizer::FromSerialized("definitely not a model", {})
           .ok());
+}
+
+// The texts hearth's encoder must tokenize exactly as libsentencepiece does.
+const std::vector<std::string>& OracleTexts() {
+  static const auto* texts = new std::vector<std::string>{
+      "hello world",
+      "the quick brown fox jumps over the lazy dog",
+      "Hello World HELLO wOrLd",
+      "numbers like 12345 and 67890, 3.14159 and -42",
+      "int main() { return x->y[3] << 2; }  // code\n",
+      "def f(a, b):\n    return a ** b\n\tindented",
+      "日本語のテキストと中文文本",
+      "emoji 😀🎉👍🏽 and flags 🇩🇪",
+      "café naïve résumé Ελληνικά русский",
+      "  leading spaces",
+      "trailing spaces   ",
+      "many     spaces   between\n\n\nnewlines",
+      " ",
+      "",
+      "\t\r\n",
+      "<s> literal control text </s>",
+      "a <tool> call<tool><tool>x",
+      "hearth pipeline: distill quantize serve hello tokenizer",
+      "\xE2\x96\x81 already an escaped space",
+  };
+  return *texts;
+}
+
+void ExpectMatchesOracle(const std::string& model_path) {
+  sentencepiece::SentencePieceProcessor oracle;
+  auto loaded = oracle.Load(model_path);
+  ASSERT_TRUE(loaded.ok()) << loaded.ToString();
+  auto tok = SentencePieceTokenizer::FromFile(model_path, {});
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  ASSERT_EQ((*tok)->vocab_size(), oracle.GetPieceSize());
+  EXPECT_EQ((*tok)->bos_id(), oracle.bos_id());
+  EXPECT_EQ((*tok)->eos_id(), oracle.eos_id());
+  std::vector<std::string> texts = OracleTexts();
+  // Every corpus line too, and a long text that exercises many merges.
+  std::string all;
+  for (const std::string& t : OracleTexts()) all += t + " ";
+  texts.push_back(all);
+  int compared = 0;
+  for (const std::string& text : texts) {
+    std::vector<int> want;
+    ASSERT_TRUE(oracle.Encode(text, &want).ok());
+    auto got = (*tok)->Encode(text, /*add_special_tokens=*/false);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, std::vector<int32_t>(want.begin(), want.end()))
+        << "text: \"" << text << "\"";
+    std::string want_text;
+    ASSERT_TRUE(oracle.Decode(want, &want_text).ok());
+    EXPECT_EQ((*tok)->Decode(*got, true).value(), want_text)
+        << "text: \"" << text << "\"";
+    ++compared;
+  }
+  EXPECT_EQ(compared, static_cast<int>(OracleTexts().size()) + 1);
+}
+
+TEST_F(SentencePieceTokenizerTest, MatchesLibSentencePiece) {
+  ExpectMatchesOracle(ModelPath());
+  // decode(encode(x)) == x when spaces are kept (Llama-2's setting).
+  auto tok = SentencePieceTokenizer::FromFile(ModelPath(), {});
+  ASSERT_TRUE(tok.ok());
+  for (const std::string& text : OracleTexts()) {
+    if (absl::StrContains(text, "\xE2\x96\x81")) continue;  // "▁" reads as " "
+    auto ids = (*tok)->Encode(text, true);
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ((*tok)->Decode(*ids, true).value(), text);
+  }
+}
+
+TEST_F(SentencePieceTokenizerTest, MatchesLibSentencePieceCollapsingSpaces) {
+  ExpectMatchesOracle(CollapsingModelPath());
+  auto tok = SentencePieceTokenizer::FromFile(CollapsingModelPath(), {});
+  ASSERT_TRUE(tok.ok());
+  EXPECT_EQ(
+      (*tok)->Decode((*tok)->Encode(" a  b ", false).value(), true).value(),
+      "a b");
+}
+
+TEST_F(SentencePieceTokenizerTest, UnsupportedModelsAreUnimplemented) {
+  for (const char* type : {"unigram", "bpe"}) {
+    std::string prefix = (*dir_ / (std::string("other_") + type)).string();
+    std::string args = "--input=" + (*dir_ / "corpus.txt").string() +
+                       " --model_prefix=" + prefix +
+                       " --vocab_size=90 --minloglevel=2 --model_type=" + type;
+    auto trained = sentencepiece::SentencePieceTrainer::Train(args);
+    ASSERT_TRUE(trained.ok()) << trained.ToString();
+    auto tok = SentencePieceTokenizer::FromFile(prefix + ".model", {});
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kUnimplemented);
+    // Unigram: named model type; BPE with the default nmt_nfkc normalizer:
+    // the normalizer is named.
+    EXPECT_TRUE(absl::StrContains(
+        tok.status().message(),
+        std::string(type) == "unigram" ? "UNIGRAM" : "nmt_nfkc"))
+        << tok.status();
+  }
 }
 
 TEST_F(SentencePieceTokenizerTest, LoadTokenizerFindsTokenizerModel) {

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/testing/service_process.h"
+#include "common/tokenizer/sentencepiece_model.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "hearth/v1/worker.grpc.pb.h"
@@ -566,6 +567,46 @@ TEST_F(WorkerIntegrationTest, MetricsPassPromtoolAndPrometheusScrapesThem) {
   std::error_code ec;
   prometheus.reset();
   fs::remove_all(dir, ec);
+}
+
+// A Llama-2 style folder with only tokenizer.model (no tokenizer.json) loads
+// in the real binary, which links libprotobuf: hearth reads the ModelProto and
+// runs SentencePiece BPE itself, so a text prompt is tokenized and generates.
+TEST_F(WorkerIntegrationTest, TokenizerModelOnlyFolderServesTextPrompts) {
+  // Merges in score order: he, ll, llo, hello, ▁hello, or, wor, ld, world,
+  // ▁world; then the single characters.
+  const tokenizer::SentencePieceModel spm =
+      tokenizer::LlamaStyleSentencePieceModel(
+          {"he", "ll", "llo", "hello", "\u2581hello", "or", "wor", "ld",
+           "world", "\u2581world", "\u2581", "h", "e", "l", "o", "w", "r",
+           "d"});
+  const std::string folder = *repo_ + "/spm";
+  TinyModelOptions options;
+  options.write_tokenizer = false;
+  options.vocab_size = static_cast<int64_t>(spm.pieces.size());
+  options.seed = 11;
+  ASSERT_TRUE(WriteTinyModel(folder, options).ok());
+  std::ofstream(folder + "/tokenizer.model", std::ios::binary)
+      << tokenizer::SerializeSentencePieceModel(spm);
+  ASSERT_FALSE(fs::exists(folder + "/tokenizer.json"));
+
+  grpc::Status loaded = Load("spm");
+  ASSERT_TRUE(loaded.ok()) << loaded.error_message() << worker_->ReadLog();
+  v1::SequenceRequest s;
+  s.set_sequence_id("spm-text");
+  // <s> "▁hello" "▁world", then "😀" as its four <0xNN> byte pieces.
+  s.set_prompt("hello world\xF0\x9F\x98\x80");
+  s.mutable_sampling()->set_max_new_tokens(8);
+  s.mutable_sampling()->set_ignore_eos(true);
+  Outcome out = Stream(*stub_, One("spm", s));
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  ASSERT_EQ(out.finals_seen, 1);
+  const v1::ExecuteEvent& final_event = out.finals["spm-text"];
+  EXPECT_EQ(final_event.finish_reason(), v1::FINISH_REASON_LENGTH)
+      << final_event.error_message();
+  EXPECT_EQ(final_event.usage().prompt_tokens(), 1u + 2u + 4u);
+  EXPECT_EQ(out.tokens["spm-text"].size(), 8u);
+  EXPECT_TRUE(Unload("spm").ok());
 }
 
 TEST_F(WorkerIntegrationTest, StatusReportsCapacityAndModels) {
